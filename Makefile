@@ -1,0 +1,30 @@
+# hv — make targets. `make demo` is the main job, `make test` the test suite.
+GO        ?= go
+BENCHTIME ?= 2000x
+COUNT     ?= 10
+BENCHSTAT  = $(shell $(GO) env GOPATH)/bin/benchstat
+
+.PHONY: test fmt vet demo bench fuzz
+
+## test: gofmt check, go vet, and every test under the race detector
+test: fmt vet
+	$(GO) test -race -count=1 ./...
+
+fmt:
+	@out=$$(gofmt -l . | grep -v '^testdata/'); \
+	if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet ./...
+
+## demo: two throwaway PostgreSQL servers (unless HV_DSN is set), shards, entities
+demo:
+	$(GO) run ./cmd/hv demo
+
+$(BENCHSTAT):
+	$(GO) install golang.org/x/perf/cmd/benchstat@latest
+
+## bench: routed point SELECTs against direct pgx, medians and ratios side by side
+bench: $(BENCHSTAT)
+	$(GO) test -run '^$$' -bench 'PointSelect' -benchmem -benchtime $(BENCHTIME) -count $(COUNT) . | tee bench.out
+	$(BENCHSTAT) -col /via bench.out

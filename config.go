@@ -1,0 +1,891 @@
+package hv
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Defaults applied by ParseConfig and NewConnector.
+const (
+	DefaultPoolMax          = 10
+	DefaultPoolBlockTimeout = 5 * time.Second
+	DefaultSchemaPattern    = "shard%04d"
+	DefaultDriver           = "pgx"
+)
+
+// ShardRange is the half-open range [Start, End) of logical shards a host owns.
+// In a DSN it is written "Start-End": shards=1-9 is shards 1 through 8.
+type ShardRange struct {
+	Start, End int
+}
+
+// Contains reports whether shard n is in the range.
+func (r ShardRange) Contains(n int) bool { return n >= r.Start && n < r.End }
+
+// Len returns the number of shards in the range.
+func (r ShardRange) Len() int { return r.End - r.Start }
+
+// String returns the range in DSN form, "Start-End".
+func (r ShardRange) String() string { return fmt.Sprintf("%d-%d", r.Start, r.End) }
+
+// HostConfig is one physical PostgreSQL server (or database) and the logical
+// shards it owns.
+type HostConfig struct {
+	// Shards is the half-open range of logical shards this host owns.
+	Shards ShardRange
+	// Params holds the libpq connection keywords passed to the inner driver
+	// (host, port, user, password, dbname, sslmode, connect_timeout, ...).
+	// "database" is accepted in a DSN and stored as "dbname".
+	Params map[string]string
+	// PoolMax overrides Config.PoolMax for this host when > 0.
+	PoolMax int
+}
+
+// Config is a parsed hv DSN. Build one with ParseConfig, adjust it, and pass
+// it to NewConnector.
+type Config struct {
+	// Hosts lists the physical hosts; their shard ranges must not overlap.
+	Hosts []HostConfig
+	// PoolMax is the maximum number of open connections per host (default 10).
+	PoolMax int
+	// PoolBlockTimeout is how long a statement waits for a free connection of
+	// its host before failing with ErrPoolTimeout (default 5s).
+	PoolBlockTimeout time.Duration
+	// Driver names the inner database/sql driver: "pgx" (default, pgx/v5
+	// stdlib) or "postgres" (lib/pq).
+	Driver string
+	// SchemaPattern is the fmt pattern that turns a shard number into its
+	// schema name (default "shard%04d").
+	SchemaPattern string
+	// Epoch is the time Keys count milliseconds from; zero means DefaultEpoch.
+	Epoch time.Time
+	// Logger, when set, receives each statement at Debug level (shard, host,
+	// duration) and pool timeouts at Warn level.
+	Logger *slog.Logger
+}
+
+// redacted replaces secret values (passwords) in error messages and String
+// output.
+const redacted = "xxxxx"
+
+// secretKeys are the connection keywords whose values are never shown.
+var secretKeys = map[string]bool{"password": true, "sslpassword": true}
+
+// globalKeys are the options of a segment without shards=, in the order
+// errors list them.
+var globalKeys = []string{"pool_max", "pool_block_timeout", "driver", "schema", "epoch"}
+
+// libpqKeys are the connection keywords libpq documents (plus the "database"
+// alias). Unknown keywords are passed through too; this list only serves
+// hints in error messages.
+var libpqKeys = map[string]bool{
+	"host": true, "hostaddr": true, "port": true, "dbname": true, "database": true,
+	"user": true, "password": true, "passfile": true, "require_auth": true,
+	"channel_binding": true, "connect_timeout": true, "client_encoding": true,
+	"options": true, "application_name": true, "fallback_application_name": true,
+	"keepalives": true, "keepalives_idle": true, "keepalives_interval": true,
+	"keepalives_count": true, "tcp_user_timeout": true, "replication": true,
+	"gssencmode": true, "sslmode": true, "sslnegotiation": true,
+	"sslcompression": true, "sslcert": true, "sslkey": true, "sslkeylogfile": true,
+	"sslpassword": true, "sslcertmode": true, "sslrootcert": true, "sslcrl": true,
+	"sslcrldir": true, "sslsni": true, "requirepeer": true,
+	"ssl_min_protocol_version": true, "ssl_max_protocol_version": true,
+	"min_protocol_version": true, "max_protocol_version": true,
+	"krbsrvname": true, "gsslib": true, "gssdelegation": true, "service": true,
+	"target_session_attrs": true, "load_balance_hosts": true,
+}
+
+// ParseConfig parses an hv DSN into a Config with the defaults filled in, and
+// validates it (see Validate).
+//
+// A DSN is a list of segments separated by ';'. Each segment holds libpq
+// style keyword/value pairs separated by white space: key=value, with
+// optional spaces around '='. A value is either unquoted (it ends at white
+// space or ';', and a backslash takes the next character literally) or
+// single-quoted ('...', in which \' and \\ stand for ' and \, and white space
+// and ';' are part of the value). Empty segments are ignored.
+//
+// A segment with shards=A-B describes a host owning the logical shards
+// [A, B), 0 <= A < B <= NumShards. Its other keys are libpq connection
+// keywords handed to the inner driver (database is stored as dbname), except
+// pool_max=N, which overrides the global pool_max for that host. search_path
+// may not be set, neither directly nor through options: hv owns it.
+//
+// A segment without shards= holds global options: pool_max (default 10),
+// pool_block_timeout (default 5s; a bare number is seconds, or a Go duration
+// such as 300ms; 0 means fail at once when no connection is free), driver
+// ("pgx", the default, or "postgres" for lib/pq), schema (the schema name
+// pattern, default "shard%04d") and epoch (milliseconds since 1970-01-01 UTC,
+// or an RFC 3339 time).
+//
+// On failure ParseConfig returns nil and an error wrapping ErrBadConfig that
+// names the offending segment by its 1-based number (counting empty
+// segments too) and quotes its text with passwords replaced by "xxxxx".
+// Syntax errors give the 1-based byte position in dsn instead of echoing the
+// text that could not be parsed.
+func ParseConfig(dsn string) (*Config, error) {
+	segs, err := tokenizeDSN(dsn)
+	if err != nil {
+		return nil, err
+	}
+	cfg := &Config{
+		PoolMax:          DefaultPoolMax,
+		PoolBlockTimeout: DefaultPoolBlockTimeout,
+		Driver:           DefaultDriver,
+		SchemaPattern:    DefaultSchemaPattern,
+	}
+	var hostSegs []*dsnSegment
+	globalSeg := map[string]*dsnSegment{}
+	for _, seg := range segs {
+		if err := seg.checkKeys(); err != nil {
+			return nil, err
+		}
+		if i := seg.find("shards"); i >= 0 {
+			h, err := seg.host(i)
+			if err != nil {
+				return nil, err
+			}
+			cfg.Hosts = append(cfg.Hosts, h)
+			hostSegs = append(hostSegs, seg)
+			continue
+		}
+		for i := range seg.pairs {
+			p := &seg.pairs[i]
+			if prev := globalSeg[p.key]; prev != nil && !p.secret {
+				return nil, seg.errorf("%s is already set in segment %d %q", p.key, prev.num, prev.text())
+			}
+			if err := seg.global(cfg, p); err != nil {
+				return nil, err
+			}
+			globalSeg[p.key] = seg
+		}
+	}
+	where := places{
+		host: func(i int) place { return hostSegs[i].place() },
+		global: func(key string) place {
+			if s := globalSeg[key]; s != nil {
+				return s.place()
+			}
+			return place{where: key + " (default)"}
+		},
+	}
+	if err := cfg.validate(where); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Validate checks c and fills in the defaults for its zero fields: PoolMax
+// (DefaultPoolMax), Driver (DefaultDriver) and SchemaPattern
+// (DefaultSchemaPattern). A zero PoolBlockTimeout stays zero and means "fail
+// at once when no connection is free"; a zero Epoch stays zero and means
+// DefaultEpoch. A zero HostConfig.PoolMax means Config.PoolMax.
+//
+// It checks that there is at least one host, that every shard range is
+// non-empty, within 0..NumShards and overlaps no other, that no pool size
+// or timeout is negative, that Driver is "pgx" or "postgres", that
+// SchemaPattern yields safe schema names, that Epoch is neither before 1970
+// nor in the future, and that no host's Params set search_path, use a
+// keyword reserved to hv or hold a NUL byte.
+//
+// On failure it returns an error wrapping ErrBadConfig that names the
+// offending host by its index in Hosts and its Name; passwords never appear
+// in it. Validate on a nil Config returns such an error too.
+func (c *Config) Validate() error {
+	if c == nil {
+		return fmt.Errorf("%w: nil Config", ErrBadConfig)
+	}
+	if c.PoolMax == 0 {
+		c.PoolMax = DefaultPoolMax
+	}
+	if c.Driver == "" {
+		c.Driver = DefaultDriver
+	}
+	if c.SchemaPattern == "" {
+		c.SchemaPattern = DefaultSchemaPattern
+	}
+	return c.validate(places{
+		host: func(i int) place {
+			return place{where: fmt.Sprintf("Hosts[%d] (%s)", i, c.Hosts[i].Name())}
+		},
+		global: func(key string) place {
+			return place{where: "Config." + map[string]string{
+				"pool_max": "PoolMax", "pool_block_timeout": "PoolBlockTimeout",
+				"driver": "Driver", "schema": "SchemaPattern", "epoch": "Epoch",
+			}[key]}
+		},
+	})
+}
+
+// place says where a configuration error is: a DSN segment or a Config
+// field, and an optional hint appended to the message.
+type place struct {
+	where, hint string
+}
+
+// places maps hosts (by index in Config.Hosts) and global options (by DSN
+// key) to where they were configured.
+type places struct {
+	host   func(i int) place
+	global func(key string) place
+}
+
+func (p place) errorf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s: %s%s", ErrBadConfig, p.where, fmt.Sprintf(format, args...), p.hint)
+}
+
+// validate is Validate without the defaults, reporting errors at where.
+func (c *Config) validate(where places) error {
+	if len(c.Hosts) == 0 {
+		return fmt.Errorf("%w: no hosts: a DSN needs at least one segment with shards=A-B", ErrBadConfig)
+	}
+	if c.PoolMax < 1 {
+		return where.global("pool_max").errorf("pool_max %d is less than 1", c.PoolMax)
+	}
+	if c.PoolBlockTimeout < 0 {
+		return where.global("pool_block_timeout").errorf("pool_block_timeout %v is negative", c.PoolBlockTimeout)
+	}
+	if c.Driver != "pgx" && c.Driver != "postgres" {
+		return where.global("driver").errorf("driver %q is not supported: use pgx or postgres", c.Driver)
+	}
+	if msg := checkSchemaPattern(c.SchemaPattern); msg != "" {
+		return where.global("schema").errorf("schema pattern %q %s", c.SchemaPattern, msg)
+	}
+	if !c.Epoch.IsZero() {
+		if c.Epoch.Before(time.Unix(0, 0)) {
+			return where.global("epoch").errorf("epoch %s is before 1970-01-01T00:00:00Z", c.Epoch.Format(time.RFC3339Nano))
+		}
+		if c.Epoch.After(time.Now()) {
+			return where.global("epoch").errorf("epoch %s is in the future", c.Epoch.Format(time.RFC3339Nano))
+		}
+	}
+	for i, h := range c.Hosts {
+		r := h.Shards
+		switch {
+		case r.Start < 0 || r.End > NumShards || r.Start > MaxShard:
+			return where.host(i).errorf("shard range %s is outside 0-%d (shards are 0..%d)", r, NumShards, MaxShard)
+		case r.Start >= r.End:
+			return where.host(i).errorf("empty or reversed shard range %s", r)
+		}
+		if h.PoolMax < 0 {
+			return where.host(i).errorf("pool_max %d is negative", h.PoolMax)
+		}
+		for _, k := range sortedParamKeys(h.Params) {
+			if msg := checkParam(k, h.Params[k]); msg != "" {
+				return where.host(i).errorf("%s", msg)
+			}
+		}
+	}
+	order := make([]int, len(c.Hosts))
+	for i := range order {
+		order[i] = i
+	}
+	sort.SliceStable(order, func(a, b int) bool {
+		return c.Hosts[order[a]].Shards.Start < c.Hosts[order[b]].Shards.Start
+	})
+	for k := 1; k < len(order); k++ {
+		a, b := order[k-1], order[k]
+		if c.Hosts[b].Shards.Start < c.Hosts[a].Shards.End {
+			if a > b {
+				a, b = b, a
+			}
+			return where.host(b).errorf("shard range %s overlaps %s (shards %s)",
+				c.Hosts[b].Shards, where.host(a).where, c.Hosts[a].Shards)
+		}
+	}
+	return nil
+}
+
+// checkParam returns why a host's connection keyword is refused, or "".
+func checkParam(k, v string) string {
+	switch {
+	case !validKey(k):
+		return fmt.Sprintf("connection keyword %q is invalid: keys are a lowercase letter or '_' followed by lowercase letters, digits, '_' and '.'", k)
+	case k == "shards" || k == "pool_max":
+		return fmt.Sprintf("%q is an hv option, not a connection keyword: set HostConfig.Shards or HostConfig.PoolMax", k)
+	case slices.Contains(globalKeys, k):
+		return fmt.Sprintf("%q is a global option: put it in a segment without shards=", k)
+	case k == "database":
+		return `use "dbname", not "database"`
+	case k == "search_path":
+		return "search_path may not be set: hv sets it to the shard's schema"
+	case k == "options" && mentionsSearchPath(v):
+		return "options may not set search_path: hv sets it to the shard's schema"
+	case strings.IndexByte(v, 0) >= 0:
+		if secretKeys[k] {
+			return fmt.Sprintf("the value of %q holds a NUL byte", k)
+		}
+		return fmt.Sprintf("the value of %q holds a NUL byte: %q", k, v)
+	}
+	return ""
+}
+
+// mentionsSearchPath reports whether a libpq options value names
+// search_path, spelled with '_' or '-' in any case.
+func mentionsSearchPath(v string) bool {
+	v = strings.ToLower(v)
+	return strings.Contains(v, "search_path") || strings.Contains(v, "search-path")
+}
+
+// validKey reports whether k is a lowercase keyword: [a-z_][a-z0-9_.]*.
+func validKey(k string) bool {
+	if k == "" || !(k[0] == '_' || k[0] >= 'a' && k[0] <= 'z') {
+		return false
+	}
+	for i := 1; i < len(k); i++ {
+		b := k[i]
+		if !(b == '_' || b == '.' || b >= 'a' && b <= 'z' || b >= '0' && b <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// checkSchemaPattern returns why a schema pattern is unsafe, or "".
+func checkSchemaPattern(p string) string {
+	verbs := 0
+	for i := 0; i < len(p); i++ {
+		b := p[i]
+		switch {
+		case b == '%':
+			j := i + 1
+			if j < len(p) && p[j] == '0' {
+				j++
+				if j >= len(p) || p[j] < '1' || p[j] > '9' {
+					return "has a bad verb: use %d or %0Nd with N from 1 to 9"
+				}
+				j++
+			}
+			if j >= len(p) || p[j] != 'd' {
+				return "has a bad verb: use %d or %0Nd with N from 1 to 9"
+			}
+			verbs++
+			i = j
+		case b == '_' || b >= 'a' && b <= 'z' || b >= '0' && b <= '9':
+		default:
+			return "may only hold lowercase letters, digits, '_' and one %d or %0Nd verb"
+		}
+	}
+	switch {
+	case verbs != 1:
+		return fmt.Sprintf("has %d verbs: it needs exactly one %%d or %%0Nd", verbs)
+	case !(p[0] == '_' || p[0] >= 'a' && p[0] <= 'z'):
+		return "must start with a lowercase letter or '_'"
+	case strings.HasPrefix(p, "pg_"):
+		return "must not start with pg_ (reserved for system schemas)"
+	case len(fmt.Sprintf(p, MaxShard)) > 63:
+		return fmt.Sprintf("makes names longer than 63 bytes (%q)", fmt.Sprintf(p, MaxShard))
+	}
+	return ""
+}
+
+// SchemaName returns the schema of logical shard n: SchemaPattern (or
+// DefaultSchemaPattern when it is empty) formatted with n. It does not check
+// n or the pattern; Validate does the latter.
+func (c *Config) SchemaName(shard int) string {
+	p := c.SchemaPattern
+	if p == "" {
+		p = DefaultSchemaPattern
+	}
+	return fmt.Sprintf(p, shard)
+}
+
+// HostFor returns the index in Hosts of the host that owns shard, and true;
+// or -1 and false when no host owns it.
+func (c *Config) HostFor(shard int) (int, bool) {
+	for i, h := range c.Hosts {
+		if h.Shards.Contains(shard) {
+			return i, true
+		}
+	}
+	return -1, false
+}
+
+// Name returns "host:port/dbname" for error messages and logs, leaving out
+// the port and database when they are not set. The host is the host
+// keyword, else hostaddr, else "localhost". It never includes the password.
+func (h HostConfig) Name() string {
+	host := h.Params["host"]
+	if host == "" {
+		host = h.Params["hostaddr"]
+	}
+	if host == "" {
+		host = "localhost"
+	}
+	if port := h.Params["port"]; port != "" {
+		host += ":" + port
+	}
+	db := h.Params["dbname"]
+	if db == "" {
+		db = h.Params["database"]
+	}
+	if db != "" {
+		host += "/" + db
+	}
+	return host
+}
+
+// ConnString returns the libpq keyword/value connection string of the
+// host's Params for the inner driver, keys sorted, every value single-quoted
+// with backslashes and single quotes escaped by a backslash. It includes the
+// password: never log it. It returns "" when Params is empty.
+func (h HostConfig) ConnString() string {
+	var b strings.Builder
+	for _, k := range sortedParamKeys(h.Params) {
+		if b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		b.WriteString(k)
+		b.WriteByte('=')
+		b.WriteString(quoteValue(h.Params[k], true))
+	}
+	return b.String()
+}
+
+// String returns the host as a DSN segment, "shards=A-B key=value ...",
+// with the password replaced by "xxxxx". ParseConfig accepts it.
+func (h HostConfig) String() string {
+	var b strings.Builder
+	b.WriteString("shards=")
+	b.WriteString(h.Shards.String())
+	for _, k := range displayOrder(h.Params) {
+		v := h.Params[k]
+		if secretKeys[k] {
+			v = redacted
+		}
+		b.WriteString(" " + k + "=" + quoteValue(v, false))
+	}
+	if h.PoolMax != 0 {
+		b.WriteString(" pool_max=" + strconv.Itoa(h.PoolMax))
+	}
+	return b.String()
+}
+
+// String returns c as a DSN, one segment per host and a last one with the
+// global options that are set, with passwords replaced by "xxxxx".
+// ParseConfig accepts it and, but for the passwords and the Logger, returns
+// an equal Config. It returns "<nil>" for a nil Config.
+func (c *Config) String() string {
+	if c == nil {
+		return "<nil>"
+	}
+	var segs []string
+	for _, h := range c.Hosts {
+		segs = append(segs, h.String())
+	}
+	g := []string{}
+	if c.PoolMax != 0 {
+		g = append(g, "pool_max="+strconv.Itoa(c.PoolMax))
+	}
+	g = append(g, "pool_block_timeout="+c.PoolBlockTimeout.String())
+	if c.Driver != "" {
+		g = append(g, "driver="+quoteValue(c.Driver, false))
+	}
+	if c.SchemaPattern != "" {
+		g = append(g, "schema="+quoteValue(c.SchemaPattern, false))
+	}
+	if !c.Epoch.IsZero() {
+		ms := c.Epoch.UnixMilli()
+		if ms >= 0 && time.UnixMilli(ms).Equal(c.Epoch) {
+			g = append(g, "epoch="+strconv.FormatInt(ms, 10))
+		} else {
+			g = append(g, "epoch="+quoteValue(c.Epoch.Format(time.RFC3339Nano), false))
+		}
+	}
+	return strings.Join(append(segs, strings.Join(g, " ")), "; ")
+}
+
+// sortedParamKeys returns the keys of m in order.
+func sortedParamKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// displayOrder returns the keys of m with the usual ones first, then the
+// rest sorted.
+func displayOrder(m map[string]string) []string {
+	first := []string{"host", "hostaddr", "port", "user", "password", "dbname"}
+	keys := make([]string, 0, len(m))
+	for _, k := range first {
+		if _, ok := m[k]; ok {
+			keys = append(keys, k)
+		}
+	}
+	for _, k := range sortedParamKeys(m) {
+		if !slices.Contains(first, k) {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
+// isSpace reports whether b separates keyword/value pairs, as C isspace does.
+func isSpace(b byte) bool {
+	return b == ' ' || b == '\t' || b == '\n' || b == '\r' || b == '\v' || b == '\f'
+}
+
+// quoteValue returns v in keyword/value syntax: single-quoted, with
+// backslashes and single quotes escaped, when always is set or v needs it;
+// else as it is.
+func quoteValue(v string, always bool) string {
+	if !always && v != "" && !strings.ContainsAny(v, " \t\n\r\v\f;'\\") {
+		return v
+	}
+	var b strings.Builder
+	b.Grow(len(v) + 2)
+	b.WriteByte('\'')
+	for i := 0; i < len(v); i++ {
+		if v[i] == '\\' || v[i] == '\'' {
+			b.WriteByte('\\')
+		}
+		b.WriteByte(v[i])
+	}
+	b.WriteByte('\'')
+	return b.String()
+}
+
+// dsnPair is one key=value of a DSN segment.
+type dsnPair struct {
+	key, val string
+	// secret hides both key and value: the pair may be the tail of the
+	// previous segment's unquoted password that held a ';'.
+	secret bool
+}
+
+// dsnSegment is one ';'-separated part of a DSN.
+type dsnSegment struct {
+	num   int // 1-based, counting empty segments
+	pairs []dsnPair
+	// partial marks a segment whose parsing stopped at a syntax error.
+	partial bool
+	// suspect marks a segment that follows an unquoted password directly
+	// ended by ';': its first pair may be the rest of that password.
+	suspect bool
+}
+
+// text returns the segment as written, normalized, with secrets redacted.
+func (s *dsnSegment) text() string {
+	parts := make([]string, 0, len(s.pairs)+1)
+	for _, p := range s.pairs {
+		switch {
+		case p.secret:
+			parts = append(parts, redacted)
+		case secretKeys[p.key]:
+			parts = append(parts, p.key+"="+redacted)
+		default:
+			parts = append(parts, p.key+"="+quoteValue(p.val, false))
+		}
+	}
+	if s.partial {
+		parts = append(parts, "...")
+	}
+	return strings.Join(parts, " ")
+}
+
+// place returns where errors about the segment are: its number and text,
+// and a hint when its first pair may be part of a password.
+func (s *dsnSegment) place() place {
+	p := place{where: fmt.Sprintf("segment %d %q", s.num, s.text())}
+	if s.suspect && (len(s.pairs) == 0 || s.pairs[0].secret) {
+		p.hint = " (if the password before this segment holds a ';', quote it: password='...')"
+	}
+	return p
+}
+
+func (s *dsnSegment) errorf(format string, args ...any) error {
+	return s.place().errorf(format, args...)
+}
+
+// find returns the index of the pair with key, or -1.
+func (s *dsnSegment) find(key string) int {
+	for i, p := range s.pairs {
+		if p.key == key && !p.secret {
+			return i
+		}
+	}
+	return -1
+}
+
+// show returns what errors may say of p's key or value: s, or "xxxxx" when
+// the pair is secret.
+func (p *dsnPair) show(s string) string {
+	if p.secret {
+		return redacted
+	}
+	return s
+}
+
+// checkKeys refuses invalid and duplicate keys, and database with dbname.
+func (s *dsnSegment) checkKeys() error {
+	if len(s.pairs) > 0 && s.pairs[0].secret {
+		return s.errorf("the first key is not a known keyword and directly follows an unquoted password ended by ';': quote the password or put a space after the ';'")
+	}
+	seen := map[string]bool{}
+	for i := range s.pairs {
+		p := &s.pairs[i]
+		if !validKey(p.key) {
+			return s.errorf("key %d of the segment is invalid: keys are a lowercase letter or '_' followed by lowercase letters, digits, '_' and '.'", i+1)
+		}
+		if seen[p.key] {
+			return s.errorf("duplicate key %q", p.key)
+		}
+		seen[p.key] = true
+	}
+	if seen["database"] && seen["dbname"] {
+		return s.errorf("both database and dbname are set")
+	}
+	return nil
+}
+
+// host builds the HostConfig of a segment whose pair i is shards=.
+func (s *dsnSegment) host(i int) (HostConfig, error) {
+	var h HostConfig
+	p := &s.pairs[i]
+	a, b, ok := strings.Cut(p.val, "-")
+	start, err1 := parseCount(a)
+	end, err2 := parseCount(b)
+	if !ok || err1 != nil || err2 != nil {
+		return h, s.errorf("shards=%s is not a shard range A-B (half-open, shards 0..%d, e.g. 0-%d)", quoteValue(p.show(p.val), false), MaxShard, NumShards)
+	}
+	h.Shards = ShardRange{Start: start, End: end}
+	h.Params = map[string]string{}
+	for j := range s.pairs {
+		p := &s.pairs[j]
+		switch {
+		case j == i:
+		case p.key == "pool_max" && !p.secret:
+			n, err := parsePoolMax(p.val)
+			if err != nil {
+				return h, s.errorf("pool_max=%s: %v", quoteValue(p.show(p.val), false), err)
+			}
+			h.PoolMax = n
+		case p.key == "database":
+			h.Params["dbname"] = p.val
+		default:
+			h.Params[p.key] = p.val
+		}
+	}
+	return h, nil
+}
+
+// global sets the global option of pair p on cfg.
+func (s *dsnSegment) global(cfg *Config, p *dsnPair) error {
+	shown := quoteValue(p.show(p.val), false)
+	switch {
+	case p.secret:
+		return s.errorf("unknown global key %s: a segment without shards= takes %s", redacted, strings.Join(globalKeys, ", "))
+	case p.key == "pool_max":
+		n, err := parsePoolMax(p.val)
+		if err != nil {
+			return s.errorf("pool_max=%s: %v", shown, err)
+		}
+		cfg.PoolMax = n
+	case p.key == "pool_block_timeout":
+		d, err := parseTimeout(p.val)
+		if err != nil {
+			return s.errorf("pool_block_timeout=%s: %v", shown, err)
+		}
+		cfg.PoolBlockTimeout = d
+	case p.key == "driver":
+		cfg.Driver = p.val
+	case p.key == "schema":
+		cfg.SchemaPattern = p.val
+	case p.key == "epoch":
+		t, err := parseEpoch(p.val)
+		if err != nil {
+			return s.errorf("epoch=%s: %v", shown, err)
+		}
+		cfg.Epoch = t
+	case libpqKeys[p.key] || secretKeys[p.key]:
+		return s.errorf("%s is a connection keyword but the segment has no shards=A-B: a segment without shards= takes %s", p.key, strings.Join(globalKeys, ", "))
+	default:
+		return s.errorf("unknown global key %q: a segment without shards= takes %s", p.key, strings.Join(globalKeys, ", "))
+	}
+	return nil
+}
+
+// parseCount parses a non-negative decimal integer of digits only.
+func parseCount(v string) (int, error) {
+	if v == "" || strings.Trim(v, "0123456789") != "" {
+		return 0, errors.New("not a number")
+	}
+	return strconv.Atoi(v)
+}
+
+// parsePoolMax parses a pool size, an integer >= 1.
+func parsePoolMax(v string) (int, error) {
+	if strings.HasPrefix(v, "-") && isDecimal(v[1:]) {
+		return 0, errors.New("pool_max must be at least 1")
+	}
+	n, err := parseCount(v)
+	switch {
+	case err != nil:
+		return 0, errors.New("not an integer, or too large")
+	case n < 1:
+		return 0, errors.New("pool_max must be at least 1")
+	}
+	return n, nil
+}
+
+// isDecimal reports whether v is digits with at most one '.', and at least
+// one digit.
+func isDecimal(v string) bool {
+	return strings.Trim(v, "0123456789.") == "" && strings.Count(v, ".") <= 1 && strings.Trim(v, ".") != ""
+}
+
+// parseTimeout parses a non-negative duration: a bare decimal number of
+// seconds or a Go duration.
+func parseTimeout(v string) (time.Duration, error) {
+	s := v
+	if isDecimal(strings.TrimPrefix(v, "-")) {
+		s += "s"
+	}
+	d, err := time.ParseDuration(s)
+	switch {
+	case err != nil:
+		return 0, errors.New("not a duration: use seconds (5, 0.5) or a Go duration (300ms, 2s)")
+	case d < 0:
+		return 0, errors.New("the timeout is negative")
+	}
+	return d, nil
+}
+
+// parseEpoch parses milliseconds since 1970-01-01 UTC or an RFC 3339 time,
+// returning it in UTC.
+func parseEpoch(v string) (time.Time, error) {
+	if ms, err := parseCount(v); err == nil {
+		return time.UnixMilli(int64(ms)).UTC(), nil
+	} else if strings.Trim(v, "0123456789") == "" && v != "" {
+		return time.Time{}, errors.New("milliseconds out of range")
+	}
+	t, err := time.Parse(time.RFC3339Nano, v)
+	if err != nil {
+		return time.Time{}, errors.New("not milliseconds since 1970-01-01 nor an RFC 3339 time (2006-01-02T15:04:05Z)")
+	}
+	return t.UTC(), nil
+}
+
+// tokenizeDSN splits dsn into segments of key=value pairs in one pass, so
+// that a quoted ';' does not end a segment. Empty segments are dropped. It
+// returns an error wrapping ErrBadConfig on a syntax error.
+func tokenizeDSN(dsn string) ([]*dsnSegment, error) {
+	var segs []*dsnSegment
+	seg := &dsnSegment{num: 1}
+	i := 0
+	// fail reports a syntax error at byte i (0-based) of dsn.
+	fail := func(at int, format string, args ...any) error {
+		seg.partial = true
+		return seg.errorf("%s at position %d", fmt.Sprintf(format, args...), at+1)
+	}
+	endSegment := func() {
+		if len(seg.pairs) > 0 {
+			segs = append(segs, seg)
+		}
+		seg = &dsnSegment{num: seg.num + 1}
+	}
+	for {
+		for i < len(dsn) && isSpace(dsn[i]) {
+			i++
+		}
+		if i == len(dsn) {
+			endSegment()
+			return segs, nil
+		}
+		if dsn[i] == ';' {
+			i++
+			endSegment()
+			continue
+		}
+		// Key: up to white space, '=' or ';'.
+		keyStart := i
+		for i < len(dsn) && !isSpace(dsn[i]) && dsn[i] != '=' && dsn[i] != ';' {
+			if dsn[i] == 0 {
+				return nil, fail(i, "NUL byte")
+			}
+			i++
+		}
+		key := dsn[keyStart:i]
+		for i < len(dsn) && isSpace(dsn[i]) {
+			i++
+		}
+		if i == len(dsn) || dsn[i] != '=' {
+			return nil, fail(keyStart, `missing "=" after the key`)
+		}
+		if key == "" {
+			return nil, fail(i, `empty key before "="`)
+		}
+		i++ // '='
+		for i < len(dsn) && isSpace(dsn[i]) {
+			i++
+		}
+		var val strings.Builder
+		quoted := i < len(dsn) && dsn[i] == '\''
+		if quoted {
+			open := i
+			i++
+			for {
+				if i == len(dsn) {
+					return nil, fail(open, "unterminated quoted value starting")
+				}
+				c := dsn[i]
+				if c == '\'' {
+					i++
+					break
+				}
+				if c == '\\' {
+					i++
+					if i == len(dsn) {
+						return nil, fail(open, "unterminated quoted value starting")
+					}
+					c = dsn[i]
+				}
+				if c == 0 {
+					return nil, fail(i, "NUL byte")
+				}
+				val.WriteByte(c)
+				i++
+			}
+			if i < len(dsn) && !isSpace(dsn[i]) && dsn[i] != ';' {
+				return nil, fail(i, "expected white space or ';' after the closing quote")
+			}
+		} else {
+			for i < len(dsn) && !isSpace(dsn[i]) && dsn[i] != ';' {
+				c := dsn[i]
+				if c == '\\' {
+					i++
+					if i == len(dsn) {
+						return nil, fail(i-1, "backslash at the end of the DSN")
+					}
+					c = dsn[i]
+				}
+				if c == 0 {
+					return nil, fail(i, "NUL byte")
+				}
+				val.WriteByte(c)
+				i++
+			}
+		}
+		p := dsnPair{key: key, val: val.String()}
+		if seg.suspect && len(seg.pairs) == 0 && !libpqKeys[key] && !slices.Contains(globalKeys, key) && key != "shards" {
+			p.secret = true
+		}
+		seg.pairs = append(seg.pairs, p)
+		// An unquoted password ended by a ';' that is directly followed by
+		// more text may have been cut short: hide the next key and value.
+		if secretKeys[key] && !quoted && i+1 < len(dsn) && dsn[i] == ';' && !isSpace(dsn[i+1]) && dsn[i+1] != ';' {
+			i++
+			endSegment()
+			seg.suspect = true
+		}
+	}
+}

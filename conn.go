@@ -1,0 +1,342 @@
+package hv
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// conn is hv's virtual connection: what the outer *sql.DB pools. It holds a
+// physical connection of one host only while database/sql has it checked out
+// and a statement has needed one: from the first statement until the
+// connection goes back to the outer pool (IsValid) or is closed. A *sql.Conn
+// or *sql.Tx therefore stays on one physical connection and one shard.
+type conn struct {
+	connector     *Connector
+	ownsConnector bool
+
+	// intended is the shard named by the context the connection was checked
+	// out with (db.Conn(hv.WithShard(ctx, n))), or -1.
+	intended int
+
+	// The physical lease, when held.
+	host   *hostPool
+	fleet  *fleet
+	phys   *sql.Conn
+	shard  int
+	schema string
+	tx     *tx
+	rows   *rows
+}
+
+var (
+	_ driver.Conn               = (*conn)(nil)
+	_ driver.ConnBeginTx        = (*conn)(nil)
+	_ driver.ConnPrepareContext = (*conn)(nil)
+	_ driver.QueryerContext     = (*conn)(nil)
+	_ driver.ExecerContext      = (*conn)(nil)
+	_ driver.Pinger             = (*conn)(nil)
+	_ driver.SessionResetter    = (*conn)(nil)
+	_ driver.Validator          = (*conn)(nil)
+	_ driver.NamedValueChecker  = (*conn)(nil)
+)
+
+// checkout records the shard the checkout context names.
+func (c *conn) checkout(ctx context.Context) {
+	c.intended = -1
+	if s, ok := ShardFromContext(ctx); ok {
+		c.intended = s
+	}
+}
+
+// ResetSession is called by database/sql each time it hands the connection
+// out again; the context is the caller's, so it carries the shard.
+func (c *conn) ResetSession(ctx context.Context) error {
+	if c.connector.closed.Load() {
+		return driver.ErrBadConn
+	}
+	c.release()
+	c.checkout(ctx)
+	return nil
+}
+
+// IsValid is called by database/sql each time the connection goes back to
+// the outer pool: the physical connection goes back to its host's pool.
+func (c *conn) IsValid() bool {
+	c.release()
+	c.intended = -1
+	return !c.connector.closed.Load()
+}
+
+// Close releases the physical connection, if any.
+func (c *conn) Close() error {
+	c.release()
+	if c.ownsConnector {
+		return c.connector.Close()
+	}
+	return nil
+}
+
+// release gives the physical connection back to its host. A connection
+// with a transaction still open is discarded rather than pooled.
+func (c *conn) release() {
+	if c.phys == nil {
+		return
+	}
+	if c.rows != nil {
+		_ = c.rows.Close()
+	}
+	if c.tx != nil {
+		c.tx = nil
+		discard(c.phys)
+	}
+	c.host.release(c.phys)
+	c.host, c.fleet, c.phys, c.shard, c.schema = nil, nil, nil, -1, ""
+}
+
+// CheckNamedValue passes every argument through unchanged; the inner
+// driver's own conversion runs when the statement executes.
+func (c *conn) CheckNamedValue(*driver.NamedValue) error { return nil }
+
+// route returns the shard a statement with ctx runs on: the shard the
+// connection is pinned to, else the one on ctx, else the checkout's.
+func (c *conn) route(ctx context.Context) (int, error) {
+	s, ok := ShardFromContext(ctx)
+	pinned := c.shard
+	if pinned < 0 {
+		pinned = c.intended
+	}
+	switch {
+	case pinned >= 0 && ok && s != pinned:
+		return 0, fmt.Errorf("%w: statement for shard %d on a connection of shard %d", ErrShardMismatch, s, pinned)
+	case pinned >= 0:
+		return pinned, nil
+	case ok:
+		return s, nil
+	}
+	return 0, ErrNoShard
+}
+
+// lease routes ctx and makes sure the connection holds a physical connection
+// of the shard's host.
+func (c *conn) lease(ctx context.Context) error {
+	shard, err := c.route(ctx)
+	if err != nil {
+		return err
+	}
+	if c.phys != nil {
+		return nil
+	}
+	if c.connector.closed.Load() {
+		return ErrClosed
+	}
+	f := c.connector.fleet.Load()
+	h, err := f.host(shard)
+	if err != nil {
+		return err
+	}
+	pc, err := h.acquire(ctx, shard)
+	if err != nil {
+		return err
+	}
+	c.host, c.fleet, c.phys, c.shard, c.schema = h, f, pc, shard, f.schemas[shard]
+	return nil
+}
+
+// useSchema switches the physical connection's search_path to the shard's
+// schema unless it is known to be there already. It never switches inside a
+// transaction: the switch before BEGIN covers the whole transaction.
+func (c *conn) useSchema(ctx context.Context, pc *physConn) error {
+	if pc.schema == c.schema || c.tx != nil {
+		return nil
+	}
+	pc.schema = ""
+	ex, ok := pc.Conn.(driver.ExecerContext)
+	if !ok {
+		return errors.New("hv: inner driver connection does not implement ExecerContext")
+	}
+	if _, err := ex.ExecContext(ctx, c.fleet.setPath[c.shard], nil); err != nil {
+		return err
+	}
+	pc.schema = c.schema
+	return nil
+}
+
+// fail adds the shard and host to a statement error, and drops the physical
+// connection when database/sql's Raw has discarded it.
+func (c *conn) fail(err error) error {
+	if err == nil {
+		return nil
+	}
+	err = fmt.Errorf("hv: shard %d on host %s: %w", c.shard, c.host.name, err)
+	if errors.Is(err, driver.ErrBadConn) {
+		c.release()
+	}
+	return err
+}
+
+// QueryContext runs query on the shard's schema and returns its rows; the
+// physical connection stays with the rows until they are closed.
+func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if err := c.lease(ctx); err != nil {
+		return nil, err
+	}
+	var start time.Time
+	debug := c.connector.debugEnabled(ctx)
+	if debug {
+		start = time.Now()
+	}
+	var inner driver.Rows
+	err := c.phys.Raw(func(dc any) error {
+		pc := dc.(*physConn)
+		if err := c.useSchema(ctx, pc); err != nil {
+			return err
+		}
+		nargs, err := pc.convert(args)
+		if err != nil {
+			return err
+		}
+		q, ok := pc.Conn.(driver.QueryerContext)
+		if !ok {
+			return errors.New("hv: inner driver connection does not implement QueryerContext")
+		}
+		if changesSearchPath(query) {
+			pc.schema = ""
+		}
+		inner, err = q.QueryContext(ctx, query, nargs)
+		if err != nil {
+			pc.schema = ""
+		}
+		return err
+	})
+	if debug {
+		c.connector.logStatement(ctx, c.shard, c.host.name, start, err)
+	}
+	if err != nil {
+		return nil, c.fail(err)
+	}
+	r := &rows{c: c, phys: c.phys, inner: inner}
+	c.rows = r
+	return r, nil
+}
+
+// ExecContext runs query on the shard's schema.
+func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	if err := c.lease(ctx); err != nil {
+		return nil, err
+	}
+	var start time.Time
+	debug := c.connector.debugEnabled(ctx)
+	if debug {
+		start = time.Now()
+	}
+	var res driver.Result
+	err := c.phys.Raw(func(dc any) error {
+		pc := dc.(*physConn)
+		if err := c.useSchema(ctx, pc); err != nil {
+			return err
+		}
+		nargs, err := pc.convert(args)
+		if err != nil {
+			return err
+		}
+		ex, ok := pc.Conn.(driver.ExecerContext)
+		if !ok {
+			return errors.New("hv: inner driver connection does not implement ExecerContext")
+		}
+		if changesSearchPath(query) {
+			pc.schema = ""
+		}
+		res, err = ex.ExecContext(ctx, query, nargs)
+		if err != nil {
+			pc.schema = ""
+		}
+		return err
+	})
+	if debug {
+		c.connector.logStatement(ctx, c.shard, c.host.name, start, err)
+	}
+	if err != nil {
+		return nil, c.fail(err)
+	}
+	return res, nil
+}
+
+// PrepareContext returns a statement that keeps the SQL and runs it on the
+// shard of each execution's context; nothing is sent to a server here.
+func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	if _, err := c.route(ctx); err != nil && !errors.Is(err, ErrNoShard) {
+		return nil, err
+	}
+	return &stmt{c: c, query: query}, nil
+}
+
+// Prepare is PrepareContext with a background context.
+func (c *conn) Prepare(query string) (driver.Stmt, error) {
+	return c.PrepareContext(context.Background(), query)
+}
+
+// BeginTx starts a transaction on the shard's schema. The search_path is
+// set before BEGIN, so a rollback cannot undo it.
+func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
+	if c.tx != nil {
+		return nil, errors.New("hv: a transaction is already open on this connection")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := c.lease(ctx); err != nil {
+		return nil, err
+	}
+	var itx driver.Tx
+	err := c.phys.Raw(func(dc any) error {
+		pc := dc.(*physConn)
+		if err := c.useSchema(ctx, pc); err != nil {
+			return err
+		}
+		b, ok := pc.Conn.(driver.ConnBeginTx)
+		if !ok {
+			return errors.New("hv: inner driver connection does not implement ConnBeginTx")
+		}
+		// database/sql rolls back when ctx is cancelled; the inner driver
+		// must still be able to send that ROLLBACK, so it gets a context
+		// that is not cancelled with ctx.
+		var err error
+		itx, err = b.BeginTx(context.WithoutCancel(ctx), opts)
+		if err != nil {
+			pc.schema = ""
+		}
+		return err
+	})
+	if err != nil {
+		return nil, c.fail(err)
+	}
+	c.tx = &tx{c: c, inner: itx}
+	return c.tx, nil
+}
+
+// Begin is BeginTx with a background context and default options.
+func (c *conn) Begin() (driver.Tx, error) {
+	return c.BeginTx(context.Background(), driver.TxOptions{})
+}
+
+// Ping checks the shard's host when the context names a shard (or the
+// connection is pinned to one), and every host otherwise.
+func (c *conn) Ping(ctx context.Context) error {
+	if _, err := c.route(ctx); errors.Is(err, ErrNoShard) {
+		return c.connector.pingAll(ctx)
+	}
+	if err := c.lease(ctx); err != nil {
+		return err
+	}
+	err := c.phys.Raw(func(dc any) error {
+		if p, ok := dc.(*physConn).Conn.(driver.Pinger); ok {
+			return p.Ping(ctx)
+		}
+		return nil
+	})
+	return c.fail(err)
+}

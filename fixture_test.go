@@ -1,0 +1,125 @@
+//go:build hvcore
+
+package hv
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/hypervault/hv/internal/pgtest"
+	_ "github.com/jackc/pgx/v5/stdlib"
+)
+
+// fleetOptions describe a test fleet: shards 1-8 on a first host and 9-16 on
+// a second.
+type fleetOptions struct {
+	sameServer bool   // the two hosts are two databases of one server
+	driver     string // inner driver: "pgx" or "postgres"
+	global     string // extra global DSN options, e.g. "pool_max=1"
+}
+
+type testFleet struct {
+	dsn   string
+	hosts []string // libpq keywords of each host's database
+	ports []int
+}
+
+// newTestFleet creates the two hosts' databases, each shard's schema with a
+// table t(id int primary key, shard int, note text) holding one row
+// (0, shard), and returns the hv DSN for them.
+func newTestFleet(t testing.TB, o fleetOptions) *testFleet {
+	t.Helper()
+	var servers []*pgtest.Server
+	if o.sameServer {
+		s := pgtest.Default(t)
+		servers = []*pgtest.Server{s, s}
+	} else {
+		servers = pgtest.Servers(t, 2)
+	}
+	f := &testFleet{}
+	ranges := []ShardRange{{1, 9}, {9, 17}}
+	var segs []string
+	for i, s := range servers {
+		kw := s.CreateDatabase(t)
+		f.hosts = append(f.hosts, kw)
+		db, err := sql.Open("pgx", kw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ddl strings.Builder
+		for sh := ranges[i].Start; sh < ranges[i].End; sh++ {
+			fmt.Fprintf(&ddl, `CREATE SCHEMA shard%04[1]d;
+				CREATE TABLE shard%04[1]d.t (id int PRIMARY KEY, shard int NOT NULL, note text);
+				INSERT INTO shard%04[1]d.t VALUES (0, %[1]d, 'seed');`, sh)
+		}
+		if _, err := db.Exec(ddl.String()); err != nil {
+			t.Fatalf("creating shards on %s: %v", kw, err)
+		}
+		var port int
+		if err := db.QueryRow("SELECT inet_server_port()").Scan(&port); err != nil {
+			t.Fatal(err)
+		}
+		f.ports = append(f.ports, port)
+		db.Close()
+		segs = append(segs, fmt.Sprintf("shards=%s %s", ranges[i], kw))
+	}
+	if o.driver != "" {
+		segs = append(segs, "driver="+o.driver)
+	}
+	if o.global != "" {
+		segs = append(segs, o.global)
+	}
+	f.dsn = strings.Join(segs, "; ")
+	return f
+}
+
+// open opens the fleet through sql.Open("hv", dsn).
+func (f *testFleet) open(t testing.TB) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("hv", f.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+// where reports where a statement on ctx ran: schema, database, server port
+// and the shard number stored in the schema's table.
+type where struct {
+	Schema, Database string
+	Port, Shard      int
+}
+
+const whereSQL = "SELECT current_schema(), current_database(), inet_server_port(), (SELECT shard FROM t WHERE id = 0)"
+
+func whereAmI(ctx context.Context, q interface {
+	QueryRowContext(context.Context, string, ...any) *sql.Row
+}) (where, error) {
+	var w where
+	err := q.QueryRowContext(ctx, whereSQL).Scan(&w.Schema, &w.Database, &w.Port, &w.Shard)
+	return w, err
+}
+
+// expect returns where shard's statements must run.
+func (f *testFleet) expect(t testing.TB, shard int) where {
+	t.Helper()
+	i := 0
+	if shard >= 9 {
+		i = 1
+	}
+	db := dbName(f.hosts[i])
+	return where{Schema: fmt.Sprintf("shard%04d", shard), Database: db, Port: f.ports[i], Shard: shard}
+}
+
+func dbName(kw string) string {
+	for _, f := range strings.Fields(kw) {
+		if v, ok := strings.CutPrefix(f, "dbname="); ok {
+			return strings.Trim(v, "'")
+		}
+	}
+	return ""
+}
