@@ -70,21 +70,21 @@ type Config struct {
 	Logger *slog.Logger
 }
 
-// redacted replaces secret values (passwords) in error messages and String
+// redactedSecret replaces secret values (passwords) in error messages and String
 // output.
-const redacted = "xxxxx"
+const redactedSecret = "xxxxx"
 
-// secretKeys are the connection keywords whose values are never shown.
-var secretKeys = map[string]bool{"password": true, "sslpassword": true}
+// secretParams are the connection keywords whose values are never shown.
+var secretParams = map[string]bool{"password": true, "sslpassword": true}
 
-// globalKeys are the options of a segment without shards=, in the order
+// dsnGlobalKeys are the options of a segment without shards=, in the order
 // errors list them.
-var globalKeys = []string{"pool_max", "pool_block_timeout", "driver", "schema", "epoch"}
+var dsnGlobalKeys = []string{"pool_max", "pool_block_timeout", "driver", "schema", "epoch"}
 
-// libpqKeys are the connection keywords libpq documents (plus the "database"
+// libpqKeywords are the connection keywords libpq documents (plus the "database"
 // alias). Unknown keywords are passed through too; this list only serves
 // hints in error messages.
-var libpqKeys = map[string]bool{
+var libpqKeywords = map[string]bool{
 	"host": true, "hostaddr": true, "port": true, "dbname": true, "database": true,
 	"user": true, "password": true, "passfile": true, "require_auth": true,
 	"channel_binding": true, "connect_timeout": true, "client_encoding": true,
@@ -109,7 +109,11 @@ var libpqKeys = map[string]bool{
 // optional spaces around '='. A value is either unquoted (it ends at white
 // space or ';', and a backslash takes the next character literally) or
 // single-quoted ('...', in which \' and \\ stand for ' and \, and white space
-// and ';' are part of the value). Empty segments are ignored.
+// and ';' are part of the value). Empty segments are ignored. Unlike libpq,
+// "key= other=value" is refused rather than read as key="other=value", and
+// so is a segment that directly follows an unquoted password ended by ';'
+// (password=a;b=c) when its first key is not a known keyword: both usually
+// mean a value that should have been quoted.
 //
 // A segment with shards=A-B describes a host owning the logical shards
 // [A, B), 0 <= A < B <= NumShards. Its other keys are libpq connection
@@ -166,13 +170,13 @@ func ParseConfig(dsn string) (*Config, error) {
 			globalSeg[p.key] = seg
 		}
 	}
-	where := places{
-		host: func(i int) place { return hostSegs[i].place() },
-		global: func(key string) place {
+	where := cfgPlaces{
+		host: func(i int) cfgPlace { return hostSegs[i].cfgPlace() },
+		global: func(key string) cfgPlace {
 			if s := globalSeg[key]; s != nil {
-				return s.place()
+				return s.cfgPlace()
 			}
-			return place{where: key + " (default)"}
+			return cfgPlace{where: key + " (default)"}
 		},
 	}
 	if err := cfg.validate(where); err != nil {
@@ -210,12 +214,12 @@ func (c *Config) Validate() error {
 	if c.SchemaPattern == "" {
 		c.SchemaPattern = DefaultSchemaPattern
 	}
-	return c.validate(places{
-		host: func(i int) place {
-			return place{where: fmt.Sprintf("Hosts[%d] (%s)", i, c.Hosts[i].Name())}
+	return c.validate(cfgPlaces{
+		host: func(i int) cfgPlace {
+			return cfgPlace{where: fmt.Sprintf("Hosts[%d] (%s)", i, c.Hosts[i].Name())}
 		},
-		global: func(key string) place {
-			return place{where: "Config." + map[string]string{
+		global: func(key string) cfgPlace {
+			return cfgPlace{where: "Config." + map[string]string{
 				"pool_max": "PoolMax", "pool_block_timeout": "PoolBlockTimeout",
 				"driver": "Driver", "schema": "SchemaPattern", "epoch": "Epoch",
 			}[key]}
@@ -223,25 +227,25 @@ func (c *Config) Validate() error {
 	})
 }
 
-// place says where a configuration error is: a DSN segment or a Config
+// cfgPlace says where a configuration error is: a DSN segment or a Config
 // field, and an optional hint appended to the message.
-type place struct {
+type cfgPlace struct {
 	where, hint string
 }
 
-// places maps hosts (by index in Config.Hosts) and global options (by DSN
+// cfgPlaces maps hosts (by index in Config.Hosts) and global options (by DSN
 // key) to where they were configured.
-type places struct {
-	host   func(i int) place
-	global func(key string) place
+type cfgPlaces struct {
+	host   func(i int) cfgPlace
+	global func(key string) cfgPlace
 }
 
-func (p place) errorf(format string, args ...any) error {
+func (p cfgPlace) errorf(format string, args ...any) error {
 	return fmt.Errorf("%w: %s: %s%s", ErrBadConfig, p.where, fmt.Sprintf(format, args...), p.hint)
 }
 
 // validate is Validate without the defaults, reporting errors at where.
-func (c *Config) validate(where places) error {
+func (c *Config) validate(where cfgPlaces) error {
 	if len(c.Hosts) == 0 {
 		return fmt.Errorf("%w: no hosts: a DSN needs at least one segment with shards=A-B", ErrBadConfig)
 	}
@@ -277,7 +281,7 @@ func (c *Config) validate(where places) error {
 			return where.host(i).errorf("pool_max %d is negative", h.PoolMax)
 		}
 		for _, k := range sortedParamKeys(h.Params) {
-			if msg := checkParam(k, h.Params[k]); msg != "" {
+			if msg := checkHostParam(k, h.Params[k]); msg != "" {
 				return where.host(i).errorf("%s", msg)
 			}
 		}
@@ -302,14 +306,14 @@ func (c *Config) validate(where places) error {
 	return nil
 }
 
-// checkParam returns why a host's connection keyword is refused, or "".
-func checkParam(k, v string) string {
+// checkHostParam returns why a host's connection keyword is refused, or "".
+func checkHostParam(k, v string) string {
 	switch {
-	case !validKey(k):
+	case !validParamKey(k):
 		return fmt.Sprintf("connection keyword %q is invalid: keys are a lowercase letter or '_' followed by lowercase letters, digits, '_' and '.'", k)
 	case k == "shards" || k == "pool_max":
 		return fmt.Sprintf("%q is an hv option, not a connection keyword: set HostConfig.Shards or HostConfig.PoolMax", k)
-	case slices.Contains(globalKeys, k):
+	case slices.Contains(dsnGlobalKeys, k):
 		return fmt.Sprintf("%q is a global option: put it in a segment without shards=", k)
 	case k == "database":
 		return `use "dbname", not "database"`
@@ -318,7 +322,7 @@ func checkParam(k, v string) string {
 	case k == "options" && mentionsSearchPath(v):
 		return "options may not set search_path: hv sets it to the shard's schema"
 	case strings.IndexByte(v, 0) >= 0:
-		if secretKeys[k] {
+		if secretParams[k] {
 			return fmt.Sprintf("the value of %q holds a NUL byte", k)
 		}
 		return fmt.Sprintf("the value of %q holds a NUL byte: %q", k, v)
@@ -333,8 +337,8 @@ func mentionsSearchPath(v string) bool {
 	return strings.Contains(v, "search_path") || strings.Contains(v, "search-path")
 }
 
-// validKey reports whether k is a lowercase keyword: [a-z_][a-z0-9_.]*.
-func validKey(k string) bool {
+// validParamKey reports whether k is a lowercase keyword: [a-z_][a-z0-9_.]*.
+func validParamKey(k string) bool {
 	if k == "" || !(k[0] == '_' || k[0] >= 'a' && k[0] <= 'z') {
 		return false
 	}
@@ -385,9 +389,9 @@ func checkSchemaPattern(p string) string {
 	return ""
 }
 
-// SchemaName returns the schema of logical shard n: SchemaPattern (or
-// DefaultSchemaPattern when it is empty) formatted with n. It does not check
-// n or the pattern; Validate does the latter.
+// SchemaName returns the schema name of a logical shard: SchemaPattern (or
+// DefaultSchemaPattern when it is empty) formatted with shard. It does not check
+// the shard or the pattern; Validate does the latter.
 func (c *Config) SchemaName(shard int) string {
 	p := c.SchemaPattern
 	if p == "" {
@@ -443,7 +447,7 @@ func (h HostConfig) ConnString() string {
 		}
 		b.WriteString(k)
 		b.WriteByte('=')
-		b.WriteString(quoteValue(h.Params[k], true))
+		b.WriteString(dsnQuote(h.Params[k], true))
 	}
 	return b.String()
 }
@@ -454,12 +458,12 @@ func (h HostConfig) String() string {
 	var b strings.Builder
 	b.WriteString("shards=")
 	b.WriteString(h.Shards.String())
-	for _, k := range displayOrder(h.Params) {
+	for _, k := range paramDisplayOrder(h.Params) {
 		v := h.Params[k]
-		if secretKeys[k] {
-			v = redacted
+		if secretParams[k] {
+			v = redactedSecret
 		}
-		b.WriteString(" " + k + "=" + quoteValue(v, false))
+		b.WriteString(" " + k + "=" + dsnQuote(v, false))
 	}
 	if h.PoolMax != 0 {
 		b.WriteString(" pool_max=" + strconv.Itoa(h.PoolMax))
@@ -485,17 +489,17 @@ func (c *Config) String() string {
 	}
 	g = append(g, "pool_block_timeout="+c.PoolBlockTimeout.String())
 	if c.Driver != "" {
-		g = append(g, "driver="+quoteValue(c.Driver, false))
+		g = append(g, "driver="+dsnQuote(c.Driver, false))
 	}
 	if c.SchemaPattern != "" {
-		g = append(g, "schema="+quoteValue(c.SchemaPattern, false))
+		g = append(g, "schema="+dsnQuote(c.SchemaPattern, false))
 	}
 	if !c.Epoch.IsZero() {
 		ms := c.Epoch.UnixMilli()
 		if ms >= 0 && time.UnixMilli(ms).Equal(c.Epoch) {
 			g = append(g, "epoch="+strconv.FormatInt(ms, 10))
 		} else {
-			g = append(g, "epoch="+quoteValue(c.Epoch.Format(time.RFC3339Nano), false))
+			g = append(g, "epoch="+dsnQuote(c.Epoch.Format(time.RFC3339Nano), false))
 		}
 	}
 	return strings.Join(append(segs, strings.Join(g, " ")), "; ")
@@ -511,9 +515,9 @@ func sortedParamKeys(m map[string]string) []string {
 	return keys
 }
 
-// displayOrder returns the keys of m with the usual ones first, then the
+// paramDisplayOrder returns the keys of m with the usual ones first, then the
 // rest sorted.
-func displayOrder(m map[string]string) []string {
+func paramDisplayOrder(m map[string]string) []string {
 	first := []string{"host", "hostaddr", "port", "user", "password", "dbname"}
 	keys := make([]string, 0, len(m))
 	for _, k := range first {
@@ -529,15 +533,15 @@ func displayOrder(m map[string]string) []string {
 	return keys
 }
 
-// isSpace reports whether b separates keyword/value pairs, as C isspace does.
-func isSpace(b byte) bool {
+// dsnSpace reports whether b separates keyword/value pairs, as C isspace does.
+func dsnSpace(b byte) bool {
 	return b == ' ' || b == '\t' || b == '\n' || b == '\r' || b == '\v' || b == '\f'
 }
 
-// quoteValue returns v in keyword/value syntax: single-quoted, with
+// dsnQuote returns v in keyword/value syntax: single-quoted, with
 // backslashes and single quotes escaped, when always is set or v needs it;
 // else as it is.
-func quoteValue(v string, always bool) string {
+func dsnQuote(v string, always bool) string {
 	if !always && v != "" && !strings.ContainsAny(v, " \t\n\r\v\f;'\\") {
 		return v
 	}
@@ -579,11 +583,11 @@ func (s *dsnSegment) text() string {
 	for _, p := range s.pairs {
 		switch {
 		case p.secret:
-			parts = append(parts, redacted)
-		case secretKeys[p.key]:
-			parts = append(parts, p.key+"="+redacted)
+			parts = append(parts, redactedSecret)
+		case secretParams[p.key]:
+			parts = append(parts, p.key+"="+redactedSecret)
 		default:
-			parts = append(parts, p.key+"="+quoteValue(p.val, false))
+			parts = append(parts, p.key+"="+dsnQuote(p.val, false))
 		}
 	}
 	if s.partial {
@@ -592,18 +596,18 @@ func (s *dsnSegment) text() string {
 	return strings.Join(parts, " ")
 }
 
-// place returns where errors about the segment are: its number and text,
+// cfgPlace returns where errors about the segment are: its number and text,
 // and a hint when its first pair may be part of a password.
-func (s *dsnSegment) place() place {
-	p := place{where: fmt.Sprintf("segment %d %q", s.num, s.text())}
+func (s *dsnSegment) cfgPlace() cfgPlace {
+	p := cfgPlace{where: fmt.Sprintf("segment %d %q", s.num, s.text())}
 	if s.suspect && (len(s.pairs) == 0 || s.pairs[0].secret) {
-		p.hint = " (if the password before this segment holds a ';', quote it: password='...')"
+		p.hint = " (the segment directly follows an unquoted password ended by ';': if the password holds a ';', quote it, password='...'; if not, put a space after the ';')"
 	}
 	return p
 }
 
 func (s *dsnSegment) errorf(format string, args ...any) error {
-	return s.place().errorf(format, args...)
+	return s.cfgPlace().errorf(format, args...)
 }
 
 // find returns the index of the pair with key, or -1.
@@ -620,7 +624,7 @@ func (s *dsnSegment) find(key string) int {
 // the pair is secret.
 func (p *dsnPair) show(s string) string {
 	if p.secret {
-		return redacted
+		return redactedSecret
 	}
 	return s
 }
@@ -628,12 +632,12 @@ func (p *dsnPair) show(s string) string {
 // checkKeys refuses invalid and duplicate keys, and database with dbname.
 func (s *dsnSegment) checkKeys() error {
 	if len(s.pairs) > 0 && s.pairs[0].secret {
-		return s.errorf("the first key is not a known keyword and directly follows an unquoted password ended by ';': quote the password or put a space after the ';'")
+		return s.errorf("the first key is not a known keyword")
 	}
 	seen := map[string]bool{}
 	for i := range s.pairs {
 		p := &s.pairs[i]
-		if !validKey(p.key) {
+		if !validParamKey(p.key) {
 			return s.errorf("key %d of the segment is invalid: keys are a lowercase letter or '_' followed by lowercase letters, digits, '_' and '.'", i+1)
 		}
 		if seen[p.key] {
@@ -652,10 +656,10 @@ func (s *dsnSegment) host(i int) (HostConfig, error) {
 	var h HostConfig
 	p := &s.pairs[i]
 	a, b, ok := strings.Cut(p.val, "-")
-	start, err1 := parseCount(a)
-	end, err2 := parseCount(b)
+	start, err1 := dsnCount(a)
+	end, err2 := dsnCount(b)
 	if !ok || err1 != nil || err2 != nil {
-		return h, s.errorf("shards=%s is not a shard range A-B (half-open, shards 0..%d, e.g. 0-%d)", quoteValue(p.show(p.val), false), MaxShard, NumShards)
+		return h, s.errorf("shards=%s is not a shard range A-B (half-open, shards 0..%d, e.g. 0-%d)", dsnQuote(p.show(p.val), false), MaxShard, NumShards)
 	}
 	h.Shards = ShardRange{Start: start, End: end}
 	h.Params = map[string]string{}
@@ -664,9 +668,9 @@ func (s *dsnSegment) host(i int) (HostConfig, error) {
 		switch {
 		case j == i:
 		case p.key == "pool_max" && !p.secret:
-			n, err := parsePoolMax(p.val)
+			n, err := dsnPoolMax(p.val)
 			if err != nil {
-				return h, s.errorf("pool_max=%s: %v", quoteValue(p.show(p.val), false), err)
+				return h, s.errorf("pool_max=%s: %v", dsnQuote(p.show(p.val), false), err)
 			}
 			h.PoolMax = n
 		case p.key == "database":
@@ -680,18 +684,18 @@ func (s *dsnSegment) host(i int) (HostConfig, error) {
 
 // global sets the global option of pair p on cfg.
 func (s *dsnSegment) global(cfg *Config, p *dsnPair) error {
-	shown := quoteValue(p.show(p.val), false)
+	shown := dsnQuote(p.show(p.val), false)
 	switch {
 	case p.secret:
-		return s.errorf("unknown global key %s: a segment without shards= takes %s", redacted, strings.Join(globalKeys, ", "))
+		return s.errorf("unknown global key %s: a segment without shards= takes %s", redactedSecret, strings.Join(dsnGlobalKeys, ", "))
 	case p.key == "pool_max":
-		n, err := parsePoolMax(p.val)
+		n, err := dsnPoolMax(p.val)
 		if err != nil {
 			return s.errorf("pool_max=%s: %v", shown, err)
 		}
 		cfg.PoolMax = n
 	case p.key == "pool_block_timeout":
-		d, err := parseTimeout(p.val)
+		d, err := dsnTimeout(p.val)
 		if err != nil {
 			return s.errorf("pool_block_timeout=%s: %v", shown, err)
 		}
@@ -701,33 +705,33 @@ func (s *dsnSegment) global(cfg *Config, p *dsnPair) error {
 	case p.key == "schema":
 		cfg.SchemaPattern = p.val
 	case p.key == "epoch":
-		t, err := parseEpoch(p.val)
+		t, err := dsnEpoch(p.val)
 		if err != nil {
 			return s.errorf("epoch=%s: %v", shown, err)
 		}
 		cfg.Epoch = t
-	case libpqKeys[p.key] || secretKeys[p.key]:
-		return s.errorf("%s is a connection keyword but the segment has no shards=A-B: a segment without shards= takes %s", p.key, strings.Join(globalKeys, ", "))
+	case libpqKeywords[p.key] || secretParams[p.key]:
+		return s.errorf("%s is a connection keyword but the segment has no shards=A-B: a segment without shards= takes %s", p.key, strings.Join(dsnGlobalKeys, ", "))
 	default:
-		return s.errorf("unknown global key %q: a segment without shards= takes %s", p.key, strings.Join(globalKeys, ", "))
+		return s.errorf("unknown global key %q: a segment without shards= takes %s", p.key, strings.Join(dsnGlobalKeys, ", "))
 	}
 	return nil
 }
 
-// parseCount parses a non-negative decimal integer of digits only.
-func parseCount(v string) (int, error) {
+// dsnCount parses a non-negative decimal integer of digits only.
+func dsnCount(v string) (int, error) {
 	if v == "" || strings.Trim(v, "0123456789") != "" {
 		return 0, errors.New("not a number")
 	}
 	return strconv.Atoi(v)
 }
 
-// parsePoolMax parses a pool size, an integer >= 1.
-func parsePoolMax(v string) (int, error) {
-	if strings.HasPrefix(v, "-") && isDecimal(v[1:]) {
+// dsnPoolMax parses a pool size, an integer >= 1.
+func dsnPoolMax(v string) (int, error) {
+	if strings.HasPrefix(v, "-") && dsnDecimal(v[1:]) {
 		return 0, errors.New("pool_max must be at least 1")
 	}
-	n, err := parseCount(v)
+	n, err := dsnCount(v)
 	switch {
 	case err != nil:
 		return 0, errors.New("not an integer, or too large")
@@ -737,17 +741,17 @@ func parsePoolMax(v string) (int, error) {
 	return n, nil
 }
 
-// isDecimal reports whether v is digits with at most one '.', and at least
+// dsnDecimal reports whether v is digits with at most one '.', and at least
 // one digit.
-func isDecimal(v string) bool {
+func dsnDecimal(v string) bool {
 	return strings.Trim(v, "0123456789.") == "" && strings.Count(v, ".") <= 1 && strings.Trim(v, ".") != ""
 }
 
-// parseTimeout parses a non-negative duration: a bare decimal number of
+// dsnTimeout parses a non-negative duration: a bare decimal number of
 // seconds or a Go duration.
-func parseTimeout(v string) (time.Duration, error) {
+func dsnTimeout(v string) (time.Duration, error) {
 	s := v
-	if isDecimal(strings.TrimPrefix(v, "-")) {
+	if dsnDecimal(strings.TrimPrefix(v, "-")) {
 		s += "s"
 	}
 	d, err := time.ParseDuration(s)
@@ -760,10 +764,10 @@ func parseTimeout(v string) (time.Duration, error) {
 	return d, nil
 }
 
-// parseEpoch parses milliseconds since 1970-01-01 UTC or an RFC 3339 time,
+// dsnEpoch parses milliseconds since 1970-01-01 UTC or an RFC 3339 time,
 // returning it in UTC.
-func parseEpoch(v string) (time.Time, error) {
-	if ms, err := parseCount(v); err == nil {
+func dsnEpoch(v string) (time.Time, error) {
+	if ms, err := dsnCount(v); err == nil {
 		return time.UnixMilli(int64(ms)).UTC(), nil
 	} else if strings.Trim(v, "0123456789") == "" && v != "" {
 		return time.Time{}, errors.New("milliseconds out of range")
@@ -794,7 +798,7 @@ func tokenizeDSN(dsn string) ([]*dsnSegment, error) {
 		seg = &dsnSegment{num: seg.num + 1}
 	}
 	for {
-		for i < len(dsn) && isSpace(dsn[i]) {
+		for i < len(dsn) && dsnSpace(dsn[i]) {
 			i++
 		}
 		if i == len(dsn) {
@@ -808,14 +812,14 @@ func tokenizeDSN(dsn string) ([]*dsnSegment, error) {
 		}
 		// Key: up to white space, '=' or ';'.
 		keyStart := i
-		for i < len(dsn) && !isSpace(dsn[i]) && dsn[i] != '=' && dsn[i] != ';' {
+		for i < len(dsn) && !dsnSpace(dsn[i]) && dsn[i] != '=' && dsn[i] != ';' {
 			if dsn[i] == 0 {
 				return nil, fail(i, "NUL byte")
 			}
 			i++
 		}
 		key := dsn[keyStart:i]
-		for i < len(dsn) && isSpace(dsn[i]) {
+		for i < len(dsn) && dsnSpace(dsn[i]) {
 			i++
 		}
 		if i == len(dsn) || dsn[i] != '=' {
@@ -825,8 +829,24 @@ func tokenizeDSN(dsn string) ([]*dsnSegment, error) {
 			return nil, fail(i, `empty key before "="`)
 		}
 		i++ // '='
-		for i < len(dsn) && isSpace(dsn[i]) {
+		afterEq := i
+		for i < len(dsn) && dsnSpace(dsn[i]) {
 			i++
+		}
+		if i > afterEq && i < len(dsn) && dsn[i] != '\'' {
+			// libpq would take "k= k2=v2" as k="k2=v2": refuse it, as the
+			// author more likely meant an empty value (and "k2" may be a
+			// password keyword).
+			j := i
+			for j < len(dsn) && !dsnSpace(dsn[j]) && dsn[j] != ';' && dsn[j] != '=' {
+				if dsn[j] == '\\' {
+					j++
+				}
+				j++
+			}
+			if j < len(dsn) && dsn[j] == '=' {
+				return nil, fail(i, "the value after \"= \" looks like key=value: quote it, or write '' for an empty value,")
+			}
 		}
 		var val strings.Builder
 		quoted := i < len(dsn) && dsn[i] == '\''
@@ -855,11 +875,11 @@ func tokenizeDSN(dsn string) ([]*dsnSegment, error) {
 				val.WriteByte(c)
 				i++
 			}
-			if i < len(dsn) && !isSpace(dsn[i]) && dsn[i] != ';' {
+			if i < len(dsn) && !dsnSpace(dsn[i]) && dsn[i] != ';' {
 				return nil, fail(i, "expected white space or ';' after the closing quote")
 			}
 		} else {
-			for i < len(dsn) && !isSpace(dsn[i]) && dsn[i] != ';' {
+			for i < len(dsn) && !dsnSpace(dsn[i]) && dsn[i] != ';' {
 				c := dsn[i]
 				if c == '\\' {
 					i++
@@ -876,13 +896,13 @@ func tokenizeDSN(dsn string) ([]*dsnSegment, error) {
 			}
 		}
 		p := dsnPair{key: key, val: val.String()}
-		if seg.suspect && len(seg.pairs) == 0 && !libpqKeys[key] && !slices.Contains(globalKeys, key) && key != "shards" {
+		if seg.suspect && len(seg.pairs) == 0 && !libpqKeywords[key] && !slices.Contains(dsnGlobalKeys, key) && key != "shards" {
 			p.secret = true
 		}
 		seg.pairs = append(seg.pairs, p)
 		// An unquoted password ended by a ';' that is directly followed by
 		// more text may have been cut short: hide the next key and value.
-		if secretKeys[key] && !quoted && i+1 < len(dsn) && dsn[i] == ';' && !isSpace(dsn[i+1]) && dsn[i+1] != ';' {
+		if secretParams[key] && !quoted && i+1 < len(dsn) && dsn[i] == ';' && !dsnSpace(dsn[i+1]) && dsn[i+1] != ';' {
 			i++
 			endSegment()
 			seg.suspect = true

@@ -150,19 +150,10 @@ func (c *conn) lease(ctx context.Context) error {
 // schema unless it is known to be there already. It never switches inside a
 // transaction: the switch before BEGIN covers the whole transaction.
 func (c *conn) useSchema(ctx context.Context, pc *physConn) error {
-	if pc.schema == c.schema || c.tx != nil {
+	if c.tx != nil {
 		return nil
 	}
-	pc.schema = ""
-	ex, ok := pc.Conn.(driver.ExecerContext)
-	if !ok {
-		return errors.New("hv: inner driver connection does not implement ExecerContext")
-	}
-	if _, err := ex.ExecContext(ctx, c.fleet.setPath[c.shard], nil); err != nil {
-		return err
-	}
-	pc.schema = c.schema
-	return nil
+	return pc.useSchema(ctx, c.schema, c.fleet.setPath[c.shard])
 }
 
 // fail adds the shard and host to a statement error, and drops the physical
@@ -181,6 +172,9 @@ func (c *conn) fail(err error) error {
 // QueryContext runs query on the shard's schema and returns its rows; the
 // physical connection stays with the rows until they are closed.
 func (c *conn) QueryContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if route, ok := fanOutFrom(ctx); ok {
+		return c.fanOutQuery(ctx, route, query, args)
+	}
 	if err := c.lease(ctx); err != nil {
 		return nil, err
 	}
@@ -195,21 +189,8 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 		if err := c.useSchema(ctx, pc); err != nil {
 			return err
 		}
-		nargs, err := pc.convert(args)
-		if err != nil {
-			return err
-		}
-		q, ok := pc.Conn.(driver.QueryerContext)
-		if !ok {
-			return errors.New("hv: inner driver connection does not implement QueryerContext")
-		}
-		if changesSearchPath(query) {
-			pc.schema = ""
-		}
-		inner, err = q.QueryContext(ctx, query, nargs)
-		if err != nil {
-			pc.schema = ""
-		}
+		var err error
+		inner, err = pc.query(ctx, query, args, c.tx != nil)
 		return err
 	})
 	if debug {
@@ -225,6 +206,9 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 
 // ExecContext runs query on the shard's schema.
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
+	if route, ok := fanOutFrom(ctx); ok {
+		return c.fanOutExec(ctx, route, query, args)
+	}
 	if err := c.lease(ctx); err != nil {
 		return nil, err
 	}
@@ -239,21 +223,8 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		if err := c.useSchema(ctx, pc); err != nil {
 			return err
 		}
-		nargs, err := pc.convert(args)
-		if err != nil {
-			return err
-		}
-		ex, ok := pc.Conn.(driver.ExecerContext)
-		if !ok {
-			return errors.New("hv: inner driver connection does not implement ExecerContext")
-		}
-		if changesSearchPath(query) {
-			pc.schema = ""
-		}
-		res, err = ex.ExecContext(ctx, query, nargs)
-		if err != nil {
-			pc.schema = ""
-		}
+		var err error
+		res, err = pc.exec(ctx, query, args, c.tx != nil)
 		return err
 	})
 	if debug {

@@ -1,5 +1,3 @@
-//go:build hvcore
-
 package hv
 
 import (

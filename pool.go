@@ -4,8 +4,10 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
+	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -96,6 +98,24 @@ type physConn struct {
 	schema string
 }
 
+// useSchema sets search_path with setPath unless the session is known to be
+// on schema already. What it remembers is set only after a successful switch.
+func (p *physConn) useSchema(ctx context.Context, schema, setPath string) error {
+	if p.schema == schema {
+		return nil
+	}
+	p.schema = ""
+	ex, ok := p.Conn.(driver.ExecerContext)
+	if !ok {
+		return errors.New("hv: inner driver connection does not implement ExecerContext")
+	}
+	if _, err := ex.ExecContext(ctx, setPath, nil); err != nil {
+		return err
+	}
+	p.schema = schema
+	return nil
+}
+
 // ResetSession forwards the inner pool's health check to the inner driver.
 func (p *physConn) ResetSession(ctx context.Context) error {
 	if r, ok := p.Conn.(driver.SessionResetter); ok {
@@ -154,3 +174,67 @@ func (t trackingConnector) Connect(ctx context.Context) (driver.Conn, error) {
 }
 
 func (t trackingConnector) Driver() driver.Driver { return t.inner.Driver() }
+
+// query runs a statement that returns rows on the inner connection, after
+// converting its arguments. A statement that may change search_path makes
+// the connection forget its schema, and so does any error. Outside a
+// transaction, a statement the server refused with "cached plan must not
+// change result type" (the inner driver's cached plan was made on another
+// shard's schema, whose table differs) is sent once more: the server raises
+// it before executing anything, and the inner driver has dropped the plan.
+func (p *physConn) query(ctx context.Context, query string, args []driver.NamedValue, inTx bool) (driver.Rows, error) {
+	nargs, err := p.convert(args)
+	if err != nil {
+		return nil, err
+	}
+	q, ok := p.Conn.(driver.QueryerContext)
+	if !ok {
+		return nil, errors.New("hv: inner driver connection does not implement QueryerContext")
+	}
+	if changesSearchPath(query) {
+		p.schema = ""
+	}
+	rows, err := q.QueryContext(ctx, query, nargs)
+	if err != nil && !inTx && isStalePlan(err) {
+		rows, err = q.QueryContext(ctx, query, nargs)
+	}
+	if err != nil {
+		p.schema = ""
+	}
+	return rows, err
+}
+
+// exec is query for statements that return no rows.
+func (p *physConn) exec(ctx context.Context, query string, args []driver.NamedValue, inTx bool) (driver.Result, error) {
+	nargs, err := p.convert(args)
+	if err != nil {
+		return nil, err
+	}
+	ex, ok := p.Conn.(driver.ExecerContext)
+	if !ok {
+		return nil, errors.New("hv: inner driver connection does not implement ExecerContext")
+	}
+	if changesSearchPath(query) {
+		p.schema = ""
+	}
+	res, err := ex.ExecContext(ctx, query, nargs)
+	if err != nil && !inTx && isStalePlan(err) {
+		res, err = ex.ExecContext(ctx, query, nargs)
+	}
+	if err != nil {
+		p.schema = ""
+	}
+	return res, err
+}
+
+// isStalePlan reports whether err is PostgreSQL's "cached plan must not
+// change result type" (SQLSTATE 0A000 is shared with other "feature not
+// supported" errors, hence the message check).
+func isStalePlan(err error) bool {
+	var se interface {
+		SQLState() string
+		error
+	}
+	return errors.As(err, &se) && se.SQLState() == "0A000" &&
+		strings.Contains(se.Error(), "cached plan must not change result type")
+}

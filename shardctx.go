@@ -10,9 +10,13 @@ const MaxShard = NumShards - 1
 
 type shardKey struct{}
 
-// shardRoute is what a context carries for routing.
+// shardRoute is what a context carries for routing: one shard, or a
+// fan-out to several (fan is set; all means every shard of the fleet).
 type shardRoute struct {
-	shard int
+	shard  int
+	fan    bool
+	all    bool
+	shards []int
 }
 
 // WithShard returns a copy of ctx that routes statements to logical shard n.
@@ -31,7 +35,34 @@ func WithKey(ctx context.Context, key Key) context.Context {
 
 // ShardFromContext reports the logical shard that ctx routes to, and whether
 // it carries one.
+// A context marked for fan-out (WithShards, WithAllShards) carries no single
+// shard.
 func ShardFromContext(ctx context.Context) (int, bool) {
 	r, ok := ctx.Value(shardKey{}).(shardRoute)
-	return r.shard, ok
+	if !ok || r.fan {
+		return 0, false
+	}
+	return r.shard, true
+}
+
+// WithShards returns a copy of ctx that fans statements out to the given
+// logical shards: QueryContext runs the statement on every one of them
+// concurrently and returns one *sql.Rows streaming all their rows;
+// ExecContext runs it on each and reports the sum of rows affected.
+// Duplicates are ignored. See WithMergeOrder, WithLimit, WithPartialResults
+// and WithFanOutConcurrency for the options.
+func WithShards(ctx context.Context, shards ...int) context.Context {
+	return context.WithValue(ctx, shardKey{}, shardRoute{fan: true, shards: append([]int(nil), shards...)})
+}
+
+// WithAllShards returns a copy of ctx that fans statements out to every
+// logical shard the fleet owns, as WithShards does.
+func WithAllShards(ctx context.Context) context.Context {
+	return context.WithValue(ctx, shardKey{}, shardRoute{fan: true, all: true})
+}
+
+// fanOutFrom returns the fan-out route on ctx, if any.
+func fanOutFrom(ctx context.Context) (shardRoute, bool) {
+	r, ok := ctx.Value(shardKey{}).(shardRoute)
+	return r, ok && r.fan
 }

@@ -1,5 +1,3 @@
-//go:build hvcore
-
 package hv
 
 import (
@@ -327,6 +325,28 @@ func TestPreparedStatementRunsOnEachExecutionsShard(t *testing.T) {
 		}
 		if _, err := st.ExecContext(ctx, 0); !errors.Is(err, ErrNoShard) {
 			t.Errorf("prepared statement without a shard: got %v", err)
+		}
+	})
+}
+
+// Shards whose tables differ share one connection: the inner driver's
+// cached plan from one shard must not break the same SQL on another.
+func TestSameSQLOnShardsWithDifferentTables(t *testing.T) {
+	forEachTopology(t, "pool_max=1", func(t *testing.T, f *testFleet, db *sql.DB) {
+		ctx := context.Background()
+		if _, err := db.ExecContext(WithShard(ctx, 2), "ALTER TABLE t ADD COLUMN extra int DEFAULT 7"); err != nil {
+			t.Fatal(err)
+		}
+		for _, shard := range []int{1, 2, 1, 2} {
+			rows, err := db.QueryContext(WithShard(ctx, shard), "SELECT * FROM t WHERE id = $1", 0)
+			if err != nil {
+				t.Fatalf("shard %d: %v", shard, err)
+			}
+			cols, _ := rows.Columns()
+			rows.Close()
+			if want := 3 + shard - 1; len(cols) != want {
+				t.Errorf("shard %d: columns %v, want %d of them", shard, cols, want)
+			}
 		}
 	})
 }
