@@ -149,3 +149,53 @@ func ExampleParseConfig() {
 	// 20 2s shard0012
 	// true
 }
+
+// A fan-out runs one statement on many shards at once: ExecContext sums the
+// rows affected, and QueryContext streams every shard's rows as one
+// *sql.Rows, here merged into one sorted stream and cut after three rows.
+func ExampleWithAllShards() {
+	db, err := sql.Open("hv", os.Getenv("HV_DSN"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+
+	all := hv.WithAllShards(context.Background())
+	res, err := db.ExecContext(all, "INSERT INTO notes VALUES (100, 'note of ' || current_schema())")
+	if err != nil {
+		log.Fatal(err)
+	}
+	n, _ := res.RowsAffected()
+	fmt.Println("inserted", n)
+
+	// Each shard sorts its rows; hv merges them and stops after three.
+	ctx := hv.WithLimit(hv.WithMergeOrder(all, hv.Desc("body")), 3)
+	rows, err := db.QueryContext(ctx, `SELECT body FROM notes WHERE id = 100 ORDER BY body COLLATE "C" DESC LIMIT 3`)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var body string
+		if err := rows.Scan(&body); err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(body)
+	}
+	if err := rows.Err(); err != nil {
+		log.Fatal(err)
+	}
+
+	res, err = db.ExecContext(hv.WithShards(context.Background(), 1, 9), "DELETE FROM notes WHERE id = 100")
+	if err != nil {
+		log.Fatal(err)
+	}
+	n, _ = res.RowsAffected()
+	fmt.Println("deleted", n, "on shards 1 and 9")
+	// Output:
+	// inserted 16
+	// note of shard0016
+	// note of shard0015
+	// note of shard0014
+	// deleted 2 on shards 1 and 9
+}
