@@ -28,33 +28,99 @@ func BenchmarkPointSelect(b *testing.B) {
 	defer direct.Close()
 	direct.SetMaxOpenConns(10)
 	direct.SetMaxIdleConns(10)
-	hv := f.open(b)
+	cfg, err := ParseConfig(f.dsn)
+	if err != nil {
+		b.Fatal(err)
+	}
+	connector, err := NewConnector(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	hv := sql.OpenDB(connector)
+	defer hv.Close()
 	hv.SetMaxIdleConns(20)
 
 	var shard int
-	run := func(b *testing.B, db *sql.DB, query string, pick func(*rand.Rand) context.Context) {
+	run := func(b *testing.B, db *sql.DB, c *Connector, query string, pick func(*rand.Rand) context.Context) {
 		r := rand.New(rand.NewPCG(1, 2))
+		before := switches(c)
 		b.ReportAllocs()
 		for b.Loop() {
 			if err := db.QueryRowContext(pick(r), query, 0).Scan(&shard); err != nil {
 				b.Fatal(err)
 			}
 		}
+		b.ReportMetric(float64(switches(c)-before)/float64(b.N), "switches/op")
 	}
 	b.Run("via=direct", func(b *testing.B) {
-		run(b, direct, "SELECT shard FROM shard0005.t WHERE id = $1", func(*rand.Rand) context.Context { return ctx })
+		run(b, direct, nil, "SELECT shard FROM shard0005.t WHERE id = $1", func(*rand.Rand) context.Context { return ctx })
 	})
 	fixed := WithShard(ctx, 5)
 	b.Run("via=hv-fixed", func(b *testing.B) {
-		run(b, hv, "SELECT shard FROM t WHERE id = $1", func(*rand.Rand) context.Context { return fixed })
+		run(b, hv, connector, "SELECT shard FROM t WHERE id = $1", func(*rand.Rand) context.Context { return fixed })
 	})
 	shards := make([]context.Context, 16)
 	for i := range shards {
 		shards[i] = WithShard(ctx, i+1)
 	}
-	b.Run("via=hv-random16", func(b *testing.B) {
-		run(b, hv, "SELECT shard FROM t WHERE id = $1", func(r *rand.Rand) context.Context { return shards[r.IntN(16)] })
+	var direct2 *sql.DB
+	if direct2, err = sql.Open("pgx", f.hosts[1]); err != nil {
+		b.Fatal(err)
+	}
+	defer direct2.Close()
+	qualified := make([]string, 17)
+	for s := 1; s <= 16; s++ {
+		qualified[s] = fmt.Sprintf("SELECT shard FROM shard%04d.t WHERE id = $1", s)
+	}
+	b.Run("via=direct-random16", func(b *testing.B) {
+		r := rand.New(rand.NewPCG(1, 2))
+		b.ReportAllocs()
+		for b.Loop() {
+			s := 1 + r.IntN(16)
+			db := direct
+			if s > 8 {
+				db = direct2
+			}
+			if err := db.QueryRowContext(ctx, qualified[s], 0).Scan(&shard); err != nil {
+				b.Fatal(err)
+			}
+		}
 	})
+	b.Run("via=direct-16conns", func(b *testing.B) {
+		conns := make([]*sql.Conn, 17)
+		for s := 1; s <= 16; s++ {
+			db := direct
+			if s > 8 {
+				db = direct2
+			}
+			if conns[s], err = db.Conn(ctx); err != nil {
+				b.Fatal(err)
+			}
+			defer conns[s].Close()
+		}
+		r := rand.New(rand.NewPCG(1, 2))
+		b.ReportAllocs()
+		for b.Loop() {
+			s := 1 + r.IntN(16)
+			if err := conns[s].QueryRowContext(ctx, qualified[s], 0).Scan(&shard); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("via=hv-random16", func(b *testing.B) {
+		run(b, hv, connector, "SELECT shard FROM t WHERE id = $1", func(r *rand.Rand) context.Context { return shards[r.IntN(16)] })
+	})
+}
+
+// switches returns the search_path switches c sent so far (0 for nil).
+func switches(c *Connector) int64 {
+	var n int64
+	if c != nil {
+		for _, h := range c.Stats() {
+			n += h.SchemaSwitches
+		}
+	}
+	return n
 }
 
 // BenchmarkFanOut compares a small query on one shard with the same query

@@ -138,7 +138,7 @@ func (c *conn) lease(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	pc, err := h.acquire(ctx, shard)
+	pc, err := h.acquire(ctx, shard, f.schemas[shard])
 	if err != nil {
 		return err
 	}

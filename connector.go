@@ -56,6 +56,9 @@ type HostStats struct {
 	WaitDuration time.Duration
 	// Timeouts counts waits that ended in ErrPoolTimeout.
 	Timeouts int64
+	// SchemaSwitches counts the search_path switches sent to the host: the
+	// statements that found no connection already on their shard's schema.
+	SchemaSwitches int64
 }
 
 // NewConnector validates cfg and opens one pool per host. No connection is
@@ -133,18 +136,18 @@ func (c *Connector) openHost(hc *HostConfig) (*hostPool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: host %s (shards %s): %s", ErrBadConfig, name, hc.Shards, redactErr(err, hc))
 	}
-	db := sql.OpenDB(trackingConnector{inner: ic})
-	db.SetMaxOpenConns(poolMax)
-	db.SetMaxIdleConns(poolMax)
-	return &hostPool{
+	h := &hostPool{
 		name:         name,
 		shards:       hc.Shards,
-		db:           db,
 		permits:      make(chan struct{}, poolMax),
 		poolMax:      poolMax,
 		blockTimeout: c.cfg.PoolBlockTimeout,
 		logger:       c.cfg.Logger,
-	}, nil
+	}
+	h.db = sql.OpenDB(trackingConnector{inner: ic, switches: &h.switches})
+	h.db.SetMaxOpenConns(poolMax)
+	h.db.SetMaxIdleConns(poolMax)
+	return h, nil
 }
 
 // innerConnector returns the inner driver's connector for one host.
@@ -176,7 +179,7 @@ func redactErr(err error, hc *HostConfig) string {
 
 func (f *fleet) close() {
 	for _, h := range f.hosts {
-		_ = h.db.Close()
+		_ = h.close()
 	}
 }
 
@@ -239,13 +242,14 @@ func (c *Connector) Stats() []HostStats {
 	out := make([]HostStats, len(f.hosts))
 	for i, h := range f.hosts {
 		out[i] = HostStats{
-			Host:         h.name,
-			Shards:       h.shards,
-			PoolMax:      h.poolMax,
-			DB:           h.db.Stats(),
-			WaitCount:    h.waits.Load(),
-			WaitDuration: time.Duration(h.waitNanos.Load()),
-			Timeouts:     h.timeouts.Load(),
+			Host:           h.name,
+			Shards:         h.shards,
+			PoolMax:        h.poolMax,
+			DB:             h.stats(),
+			WaitCount:      h.waits.Load(),
+			WaitDuration:   time.Duration(h.waitNanos.Load()),
+			Timeouts:       h.timeouts.Load(),
+			SchemaSwitches: h.switches.Load(),
 		}
 	}
 	return out

@@ -206,7 +206,7 @@ func (p *fanOut) onShard(ctx context.Context, shard int, fn func(pc *physConn) e
 		return fmt.Errorf("hv: shard %d on host %s: %w", shard, h.name, context.Cause(ctx))
 	}
 	defer func() { <-slots }()
-	sc, err := h.acquire(ctx, shard)
+	sc, err := h.acquire(ctx, shard, p.fleet.schemas[shard])
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +18,13 @@ import (
 // hostPool is one physical host: its own *sql.DB of the inner driver, capped
 // at pool_max open connections, and a semaphore of the same size that bounds
 // how long a statement may wait for one of them.
+//
+// Between statements hv keeps the host's recently used connections itself,
+// each with the schema it is on, for up to affinityIdle: a statement for a
+// shard then takes a connection already on that shard's schema when there
+// is one, which saves the round trip of switching search_path. Connections
+// idle longer go back to the inner pool, whose health checks, idle limits and
+// statistics apply as usual.
 type hostPool struct {
 	name         string
 	shards       ShardRange
@@ -26,20 +34,46 @@ type hostPool struct {
 	blockTimeout time.Duration
 	logger       *slog.Logger
 
+	mu      sync.Mutex
+	idle    []idleConn // most recently released last
+	flusher *time.Timer
+	closed  bool
+
 	waits     atomic.Int64
 	waitNanos atomic.Int64
 	timeouts  atomic.Int64
+	switches  atomic.Int64 // search_path switches sent
 }
 
-// acquire takes a connection of the host for shard, waiting at most the pool
-// block timeout for a free one. The caller must release it with h.release.
-func (h *hostPool) acquire(ctx context.Context, shard int) (*sql.Conn, error) {
+// idleConn is a connection hv keeps between statements.
+type idleConn struct {
+	conn   *sql.Conn
+	schema string // the schema its search_path is on, "" when unknown
+	since  time.Time
+}
+
+// affinityIdle is how long hv keeps an idle connection for shard affinity
+// before giving it back to the inner pool. It matches pgx's own threshold
+// for pinging a connection that has been idle.
+const affinityIdle = time.Second
+
+// acquire takes a connection of the host for shard (whose schema is schema),
+// waiting at most the pool block timeout for a free one. It prefers, in
+// order: an idle connection on schema; a connection from the inner pool
+// while the host has fewer than pool_max connections open (in time, every
+// shard of a host with no more shards than pool_max gets its own); the
+// least recently used idle connection. The caller must release it with
+// h.release.
+func (h *hostPool) acquire(ctx context.Context, shard int, schema string) (*sql.Conn, error) {
 	select {
 	case h.permits <- struct{}{}:
 	default:
 		if err := h.wait(ctx, shard); err != nil {
 			return nil, err
 		}
+	}
+	if c := h.takeIdle(schema); c != nil {
+		return c, nil
 	}
 	// Holding a permit, the inner pool never makes us wait: it has as many
 	// connections as there are permits. It may have to connect.
@@ -49,6 +83,37 @@ func (h *hostPool) acquire(ctx context.Context, shard int) (*sql.Conn, error) {
 		return nil, fmt.Errorf("hv: shard %d on host %s: %w", shard, h.name, err)
 	}
 	return c, nil
+}
+
+// takeIdle returns an idle connection on schema, else, when the host has no
+// room for another connection, the least recently used idle one, else nil.
+func (h *hostPool) takeIdle(schema string) *sql.Conn {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n := len(h.idle)
+	if n == 0 {
+		return nil
+	}
+	pick := -1
+	for i := n - 1; i >= 0; i-- {
+		if h.idle[i].schema == schema {
+			pick = i
+			break
+		}
+	}
+	if pick < 0 {
+		// Every permit holder, other than us, holds a connection; so do
+		// the idle ones. Room for one more: let the inner pool give it.
+		if len(h.permits)-1+n < h.poolMax {
+			return nil
+		}
+		pick = 0
+	}
+	c := h.idle[pick].conn
+	copy(h.idle[pick:], h.idle[pick+1:])
+	h.idle[n-1] = idleConn{}
+	h.idle = h.idle[:n-1]
+	return c
 }
 
 func (h *hostPool) wait(ctx context.Context, shard int) error {
@@ -76,10 +141,87 @@ func (h *hostPool) wait(ctx context.Context, shard int) error {
 		ErrPoolTimeout, shard, h.name, h.poolMax, h.blockTimeout)
 }
 
-// release gives a connection taken with acquire back to the host's pool.
+// release gives a connection taken with acquire back: hv keeps it for
+// shard affinity if it is healthy and not in a transaction, and the inner
+// pool gets it otherwise (or has already discarded it).
 func (h *hostPool) release(c *sql.Conn) {
-	_ = c.Close() // ErrConnDone when Raw already discarded it.
+	schema, keep := "", false
+	_ = c.Raw(func(dc any) error { // sql.ErrConnDone when already discarded
+		pc := dc.(*physConn)
+		schema, keep = pc.schema, pc.reusable()
+		return nil
+	})
+	if keep {
+		h.mu.Lock()
+		if !h.closed {
+			h.idle = append(h.idle, idleConn{conn: c, schema: schema, since: time.Now()})
+			if h.flusher == nil {
+				h.flusher = time.AfterFunc(affinityIdle, h.flush)
+			}
+			c = nil
+		}
+		h.mu.Unlock()
+	}
+	if c != nil {
+		_ = c.Close()
+	}
 	<-h.permits
+}
+
+// flush gives connections idle for affinityIdle or longer back to the inner
+// pool, and runs again while hv keeps any.
+func (h *hostPool) flush() {
+	h.mu.Lock()
+	cutoff := time.Now().Add(-affinityIdle)
+	n := 0
+	for n < len(h.idle) && !h.idle[n].since.After(cutoff) {
+		n++
+	}
+	old := make([]*sql.Conn, n)
+	for i := range n {
+		old[i] = h.idle[i].conn
+	}
+	rest := copy(h.idle, h.idle[n:])
+	clear(h.idle[rest:])
+	h.idle = h.idle[:rest]
+	h.flusher = nil
+	if len(h.idle) > 0 && !h.closed {
+		h.flusher = time.AfterFunc(time.Until(h.idle[0].since.Add(affinityIdle)), h.flush)
+	}
+	h.mu.Unlock()
+	for _, c := range old {
+		_ = c.Close()
+	}
+}
+
+// close gives every connection back and closes the inner pool.
+func (h *hostPool) close() error {
+	h.mu.Lock()
+	h.closed = true
+	idle := h.idle
+	h.idle = nil
+	if h.flusher != nil {
+		h.flusher.Stop()
+		h.flusher = nil
+	}
+	h.mu.Unlock()
+	for _, ic := range idle {
+		_ = ic.conn.Close()
+	}
+	return h.db.Close()
+}
+
+// stats returns the inner pool's statistics, counting the connections hv
+// keeps between statements as idle rather than in use.
+func (h *hostPool) stats() sql.DBStats {
+	h.mu.Lock()
+	kept := len(h.idle)
+	h.mu.Unlock()
+	st := h.db.Stats()
+	kept = min(kept, st.InUse)
+	st.InUse -= kept
+	st.Idle += kept
+	return st
 }
 
 // discard closes the physical connection instead of pooling it again.
@@ -96,6 +238,8 @@ type physConn struct {
 	// unknown. It is set only after a successful switch and cleared on any
 	// error or statement that may change search_path.
 	schema string
+	// switches counts the host's search_path switches.
+	switches *atomic.Int64
 }
 
 // useSchema sets search_path with setPath unless the session is known to be
@@ -109,11 +253,22 @@ func (p *physConn) useSchema(ctx context.Context, schema, setPath string) error 
 	if !ok {
 		return errors.New("hv: inner driver connection does not implement ExecerContext")
 	}
+	p.switches.Add(1)
 	if _, err := ex.ExecContext(ctx, setPath, nil); err != nil {
 		return err
 	}
 	p.schema = schema
 	return nil
+}
+
+// reusable reports whether the connection may serve another statement
+// without the inner pool's check: open, valid and not in a transaction.
+func (p *physConn) reusable() bool {
+	if sc, ok := p.Conn.(*stdlib.Conn); ok {
+		pg := sc.Conn().PgConn()
+		return !pg.IsClosed() && pg.TxStatus() == 'I'
+	}
+	return p.IsValid()
 }
 
 // ResetSession forwards the inner pool's health check to the inner driver.
@@ -162,7 +317,8 @@ func (p *physConn) convert(args []driver.NamedValue) ([]driver.NamedValue, error
 // trackingConnector wraps the inner driver's connector so every physical
 // connection it opens is a *physConn.
 type trackingConnector struct {
-	inner driver.Connector
+	inner    driver.Connector
+	switches *atomic.Int64
 }
 
 func (t trackingConnector) Connect(ctx context.Context) (driver.Conn, error) {
@@ -170,7 +326,7 @@ func (t trackingConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &physConn{Conn: c}, nil
+	return &physConn{Conn: c, switches: t.switches}, nil
 }
 
 func (t trackingConnector) Driver() driver.Driver { return t.inner.Driver() }
