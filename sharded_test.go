@@ -475,3 +475,71 @@ func count(t testing.TB, ctx context.Context, db interface {
 	}
 	return n
 }
+
+func totalSwitches(c *Connector) int64 {
+	var n int64
+	for _, h := range c.Stats() {
+		n += h.SchemaSwitches
+	}
+	return n
+}
+
+// With no more shards per host than pool_max, each shard keeps a connection
+// on its schema: once every shard has run, statements switch no more. With
+// one connection per host, every change of shard is a switch. Either way
+// each statement runs where it must.
+func TestShardAffinity(t *testing.T) {
+	for _, tc := range []struct {
+		global       string
+		wantSwitches func(rounds int) int64
+	}{
+		{"pool_max=8", func(int) int64 { return 0 }},
+		{"pool_max=1", func(rounds int) int64 { return int64(rounds * 16) }},
+	} {
+		t.Run(tc.global, func(t *testing.T) {
+			f := newTestFleet(t, fleetOptions{global: tc.global})
+			db := f.open(t)
+			c := connectorOf(t, db)
+			ctx := context.Background()
+			visit := func() {
+				for shard := 1; shard <= 16; shard++ {
+					got, err := whereAmI(WithShard(ctx, shard), db)
+					if err != nil {
+						t.Fatal(err)
+					}
+					if want := f.expect(t, shard); got != want {
+						t.Fatalf("shard %d ran at %+v, want %+v", shard, got, want)
+					}
+				}
+			}
+			visit() // every shard's first statement switches
+			before := totalSwitches(c)
+			const rounds = 3
+			for range rounds {
+				visit()
+			}
+			if got, want := totalSwitches(c)-before, tc.wantSwitches(rounds); got != want {
+				t.Errorf("%d schema switches in %d rounds over 16 shards, want %d", got, rounds, want)
+			}
+			// Kept connections count as idle, and go back to the inner
+			// pool after a second.
+			assertIdle(t, db)
+			deadline := time.Now().Add(10 * time.Second)
+			for _, h := range c.fleet.Load().hosts {
+				for {
+					h.mu.Lock()
+					kept := len(h.idle)
+					h.mu.Unlock()
+					if kept == 0 {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Fatalf("host %s still keeps %d connections", h.name, kept)
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
+			}
+			visit() // served again from the inner pool, on the right schemas
+		})
+	}
+}
