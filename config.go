@@ -65,6 +65,22 @@ type Config struct {
 	SchemaPattern string
 	// Epoch is the time Keys count milliseconds from; zero means DefaultEpoch.
 	Epoch time.Time
+	// NumShards is the count of logical shards the application spreads its
+	// own keys over (DSN num_shards): WithShardKey maps an integer key k to
+	// shard k mod NumShards and a string key to a stable hash mod NumShards
+	// (see ShardForKey), so hosts should own shards 0..NumShards-1. Zero
+	// means WithShardKey is not configured. It is unrelated to the
+	// package constant NumShards, the size of the shard space (8192).
+	NumShards int
+	// ShardFunc, when set, replaces the default key-to-shard mapping of
+	// WithShardKey and Connector.ShardFor. It must be safe for concurrent
+	// use and return the same shard for the same key every time.
+	ShardFunc func(key any) (int, error)
+	// ShardMax caps the connections one logical shard may hold on its host
+	// at once (DSN shard_max), so that a hot shard leaves room for its
+	// neighbours; waiting for the cap counts against PoolBlockTimeout. Zero
+	// means no cap beyond the host's pool_max.
+	ShardMax int
 	// Logger, when set, receives each statement at Debug level (shard, host,
 	// duration) and pool timeouts at Warn level.
 	Logger *slog.Logger
@@ -79,7 +95,7 @@ var secretParams = map[string]bool{"password": true, "sslpassword": true}
 
 // dsnGlobalKeys are the options of a segment without shards=, in the order
 // errors list them.
-var dsnGlobalKeys = []string{"pool_max", "pool_block_timeout", "driver", "schema", "epoch"}
+var dsnGlobalKeys = []string{"pool_max", "pool_block_timeout", "driver", "schema", "epoch", "num_shards", "shard_max"}
 
 // libpqKeywords are the connection keywords libpq documents (plus the "database"
 // alias). Unknown keywords are passed through too; this list only serves
@@ -222,6 +238,7 @@ func (c *Config) Validate() error {
 			return cfgPlace{where: "Config." + map[string]string{
 				"pool_max": "PoolMax", "pool_block_timeout": "PoolBlockTimeout",
 				"driver": "Driver", "schema": "SchemaPattern", "epoch": "Epoch",
+				"num_shards": "NumShards", "shard_max": "ShardMax",
 			}[key]}
 		},
 	})
@@ -260,6 +277,12 @@ func (c *Config) validate(where cfgPlaces) error {
 	}
 	if msg := checkSchemaPattern(c.SchemaPattern); msg != "" {
 		return where.global("schema").errorf("schema pattern %q %s", c.SchemaPattern, msg)
+	}
+	if c.NumShards < 0 || c.NumShards > NumShards {
+		return where.global("num_shards").errorf("num_shards %d is outside 1..%d (0 leaves it unset)", c.NumShards, NumShards)
+	}
+	if c.ShardMax < 0 {
+		return where.global("shard_max").errorf("shard_max %d is negative", c.ShardMax)
 	}
 	if !c.Epoch.IsZero() {
 		if c.Epoch.Before(time.Unix(0, 0)) {
@@ -502,6 +525,12 @@ func (c *Config) String() string {
 			g = append(g, "epoch="+dsnQuote(c.Epoch.Format(time.RFC3339Nano), false))
 		}
 	}
+	if c.NumShards != 0 {
+		g = append(g, "num_shards="+strconv.Itoa(c.NumShards))
+	}
+	if c.ShardMax != 0 {
+		g = append(g, "shard_max="+strconv.Itoa(c.ShardMax))
+	}
 	return strings.Join(append(segs, strings.Join(g, " ")), "; ")
 }
 
@@ -704,6 +733,17 @@ func (s *dsnSegment) global(cfg *Config, p *dsnPair) error {
 		cfg.Driver = p.val
 	case p.key == "schema":
 		cfg.SchemaPattern = p.val
+	case p.key == "num_shards" || p.key == "shard_max":
+		n, err := dsnCount(p.val)
+		if err != nil || (p.key == "num_shards" && (n < 1 || n > NumShards)) {
+			return s.errorf("%s=%s: want an integer in %s", p.key, shown, map[string]string{
+				"num_shards": fmt.Sprintf("1..%d", NumShards), "shard_max": "0..pool_max (0: no cap)"}[p.key])
+		}
+		if p.key == "num_shards" {
+			cfg.NumShards = n
+		} else {
+			cfg.ShardMax = n
+		}
 	case p.key == "epoch":
 		t, err := dsnEpoch(p.val)
 		if err != nil {

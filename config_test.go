@@ -73,6 +73,13 @@ func TestParseConfigAccepted(t *testing.T) {
 			cfgDefaults(
 				hostCfg(1, 9, "host", "db1", "user", "app", "dbname", "app"),
 				hostCfg(9, 17, "host", "db2", "user", "app", "dbname", "app"))},
+		{"shard keys and per-shard cap",
+			"shards=0-16 host=db1; num_shards=16 shard_max=3",
+			func() *Config {
+				c := cfgDefaults(hostCfg(0, 16, "host", "db1"))
+				c.NumShards, c.ShardMax = 16, 3
+				return c
+			}()},
 		{"whole range, trailing and empty segments",
 			";shards=0-8192 host=db1;; ;",
 			cfgDefaults(hostCfg(0, 8192, "host", "db1"))},
@@ -188,6 +195,9 @@ func TestParseConfigErrors(t *testing.T) {
 		{"shards=0-1 password=" + pw + "; pool_max=0", []string{`segment 2 "pool_max=0"`, "at least 1"}},
 		{"shards=0-1 password=" + pw + "; pool_max=-3", []string{`segment 2`, "at least 1"}},
 		{"shards=0-1 password=" + pw + "; pool_max=ten", []string{`segment 2`, "not an integer"}},
+		{"shards=0-1 password=" + pw + "; num_shards=0", []string{`segment 2 "num_shards=0"`, "1..8192"}},
+		{"shards=0-1 password=" + pw + "; num_shards=9000", []string{`segment 2`, "num_shards=9000", "1..8192"}},
+		{"shards=0-1 password=" + pw + "; shard_max=-1", []string{`segment 2`, "shard_max=-1"}},
 		{"shards=0-1 password=" + pw + " pool_max=0", []string{`segment 1 "shards=0-1 password=xxxxx pool_max=0"`, "at least 1"}},
 		{"shards=0-1 password=" + pw + "; pool_block_timeout=-1", []string{"segment 2", "negative"}},
 		{"shards=0-1 password=" + pw + "; pool_block_timeout=-2s", []string{"segment 2", "negative"}},

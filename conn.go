@@ -47,7 +47,7 @@ var (
 // checkout records the shard the checkout context names.
 func (c *conn) checkout(ctx context.Context) {
 	c.intended = -1
-	if s, ok := ShardFromContext(ctx); ok {
+	if s, ok, _ := c.connector.shardOf(ctx, c.connector.fleet.Load()); ok {
 		c.intended = s
 	}
 }
@@ -93,7 +93,7 @@ func (c *conn) release() {
 		c.tx = nil
 		discard(c.phys)
 	}
-	c.host.release(c.phys)
+	c.host.release(c.phys, c.shard)
 	c.host, c.fleet, c.phys, c.shard, c.schema = nil, nil, nil, -1, ""
 }
 
@@ -104,7 +104,10 @@ func (c *conn) CheckNamedValue(*driver.NamedValue) error { return nil }
 // route returns the shard a statement with ctx runs on: the shard the
 // connection is pinned to, else the one on ctx, else the checkout's.
 func (c *conn) route(ctx context.Context) (int, error) {
-	s, ok := ShardFromContext(ctx)
+	s, ok, err := c.connector.shardOf(ctx, c.connector.fleet.Load())
+	if err != nil {
+		return 0, err
+	}
 	pinned := c.shard
 	if pinned < 0 {
 		pinned = c.intended

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"strconv"
 	"strings"
@@ -34,10 +35,15 @@ type Connector struct {
 // fleet is one generation of host pools. Reset swaps in a new one; statements
 // that already hold a connection finish on the generation they started on.
 type fleet struct {
-	hosts   []*hostPool
-	byShard []*hostPool // indexed by shard; nil where no host owns it
-	schemas []string    // indexed by shard: the schema name
-	setPath []string    // indexed by shard: the statement that switches to it
+	hosts  []*hostPool
+	ranges []ShardRange // ranges[i] is the shard range hosts[i] owns
+
+	numShards int                        // Config.NumShards
+	shardFunc func(key any) (int, error) // Config.ShardFunc
+	logger    *slog.Logger               // Config.Logger
+	byShard   []*hostPool                // indexed by shard; nil where no host owns it
+	schemas   []string                   // indexed by shard: the schema name
+	setPath   []string                   // indexed by shard: the statement that switches to it
 }
 
 // HostStats describes one physical host of a Connector.
@@ -81,7 +87,7 @@ func newConnector(cfg *Config, inner innerConnectorFunc) (*Connector, error) {
 	if err := c.cfg.Validate(); err != nil {
 		return nil, err
 	}
-	f, err := c.newFleet()
+	f, err := c.newFleet(nil)
 	if err != nil {
 		return nil, err
 	}
@@ -89,26 +95,57 @@ func newConnector(cfg *Config, inner innerConnectorFunc) (*Connector, error) {
 	return c, nil
 }
 
-func (c *Connector) newFleet() (*fleet, error) {
+// newFleet opens the pools of c.cfg's hosts, taking over those in keep
+// (by poolKey) instead of opening them again; it removes what it takes from
+// keep.
+func (c *Connector) newFleet(keep map[string]*hostPool) (*fleet, error) {
 	f := &fleet{
-		byShard: make([]*hostPool, NumShards),
-		schemas: make([]string, NumShards),
-		setPath: make([]string, NumShards),
+		byShard:   make([]*hostPool, NumShards),
+		schemas:   make([]string, NumShards),
+		setPath:   make([]string, NumShards),
+		numShards: c.cfg.NumShards,
+		shardFunc: c.cfg.ShardFunc,
+		logger:    c.cfg.Logger,
 	}
+	var opened []*hostPool
 	for i := range c.cfg.Hosts {
-		h, err := c.openHost(&c.cfg.Hosts[i])
-		if err != nil {
-			f.close()
-			return nil, err
+		hc := &c.cfg.Hosts[i]
+		key := c.poolKey(hc)
+		h, ok := keep[key]
+		if ok {
+			delete(keep, key)
+		} else {
+			var err error
+			if h, err = c.openHost(hc); err != nil {
+				for _, h := range opened {
+					_ = h.close()
+				}
+				return nil, err
+			}
+			opened = append(opened, h)
 		}
 		f.hosts = append(f.hosts, h)
-		for s := h.shards.Start; s < h.shards.End; s++ {
+		f.ranges = append(f.ranges, hc.Shards)
+		for s := hc.Shards.Start; s < hc.Shards.End; s++ {
 			f.byShard[s] = h
 			f.schemas[s] = c.cfg.SchemaName(s)
 			f.setPath[s] = "SET search_path TO " + quoteIdent(f.schemas[s])
 		}
 	}
 	return f, nil
+}
+
+// poolKey identifies what a host's pool is made of: its connection
+// parameters and every setting its pool depends on. Reconfigure keeps a
+// host's pool when its key stays the same.
+func (c *Connector) poolKey(hc *HostConfig) string {
+	poolMax := c.cfg.PoolMax
+	if hc.PoolMax > 0 {
+		poolMax = hc.PoolMax
+	}
+	conn := HostConfig{Params: hc.Params}
+	return fmt.Sprintf("%s\x00%s\x00%d\x00%d\x00%v\x00%p", conn.ConnString(), c.cfg.Driver,
+		poolMax, c.cfg.ShardMax, c.cfg.PoolBlockTimeout, c.cfg.Logger)
 }
 
 func (c *Connector) openHost(hc *HostConfig) (*hostPool, error) {
@@ -138,9 +175,9 @@ func (c *Connector) openHost(hc *HostConfig) (*hostPool, error) {
 	}
 	h := &hostPool{
 		name:         name,
-		shards:       hc.Shards,
 		permits:      make(chan struct{}, poolMax),
 		poolMax:      poolMax,
+		shardMax:     c.cfg.ShardMax,
 		blockTimeout: c.cfg.PoolBlockTimeout,
 		logger:       c.cfg.Logger,
 	}
@@ -183,6 +220,15 @@ func (f *fleet) close() {
 	}
 }
 
+// retire closes the pools of f that are not in keep once they are idle.
+func (f *fleet) retire(keep map[*hostPool]bool) {
+	for _, h := range f.hosts {
+		if !keep[h] {
+			h.retire()
+		}
+	}
+}
+
 // Connect returns a new virtual connection. It only allocates: the physical
 // connection is taken from the shard's host when a statement runs.
 // It returns ErrClosed after Close.
@@ -200,6 +246,8 @@ func (c *Connector) Driver() driver.Driver { return &Driver{} }
 
 // Config returns a copy of the configuration the Connector was built with.
 func (c *Connector) Config() *Config {
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	cfg := c.cfg
 	cfg.Hosts = append([]HostConfig(nil), c.cfg.Hosts...)
 	return &cfg
@@ -227,11 +275,57 @@ func (c *Connector) Reset() error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
-	f, err := c.newFleet()
+	f, err := c.newFleet(nil)
 	if err != nil {
 		return err
 	}
-	c.fleet.Swap(f).close()
+	c.fleet.Swap(f).retire(nil)
+	return nil
+}
+
+// Reconfigure swaps in a new host list and options without a restart (a
+// live shard map): statements, transactions and pinned Conns that start
+// afterwards go to the shards' new owners, while those already running
+// finish where they started. Pools of hosts that stay, with the same
+// connection parameters and pool settings, are kept with their
+// connections; pools of hosts that left are closed once the statements
+// using them end.
+//
+// cfg is validated and copied as by NewConnector; on error (wrapping
+// ErrBadConfig, or a host that cannot be set up) nothing changes. It
+// returns ErrClosed after Close.
+func (c *Connector) Reconfigure(cfg *Config) error {
+	if cfg == nil {
+		return fmt.Errorf("%w: nil Config", ErrBadConfig)
+	}
+	next := *cfg
+	next.Hosts = append([]HostConfig(nil), cfg.Hosts...)
+	if err := next.Validate(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	old := c.fleet.Load()
+	keep := make(map[string]*hostPool, len(old.hosts))
+	for i, h := range old.hosts {
+		keep[c.poolKey(&c.cfg.Hosts[i])] = h
+	}
+	prev := c.cfg
+	c.cfg = next
+	f, err := c.newFleet(maps.Clone(keep))
+	if err != nil {
+		c.cfg = prev
+		return err
+	}
+	kept := make(map[*hostPool]bool, len(f.hosts))
+	for _, h := range f.hosts {
+		kept[h] = true
+	}
+	c.fleet.Store(f)
+	old.retire(kept)
 	return nil
 }
 
@@ -243,7 +337,7 @@ func (c *Connector) Stats() []HostStats {
 	for i, h := range f.hosts {
 		out[i] = HostStats{
 			Host:           h.name,
-			Shards:         h.shards,
+			Shards:         f.ranges[i],
 			PoolMax:        h.poolMax,
 			DB:             h.stats(),
 			WaitCount:      h.waits.Load(),
@@ -299,9 +393,10 @@ func (c *Connector) logStatement(ctx context.Context, shard int, host string, st
 	if err != nil {
 		attrs = append(attrs, slog.String("error", err.Error()))
 	}
-	c.cfg.Logger.LogAttrs(ctx, slog.LevelDebug, "hv: statement", attrs...)
+	c.fleet.Load().logger.LogAttrs(ctx, slog.LevelDebug, "hv: statement", attrs...)
 }
 
 func (c *Connector) debugEnabled(ctx context.Context) bool {
-	return c.cfg.Logger != nil && c.cfg.Logger.Enabled(ctx, slog.LevelDebug)
+	l := c.fleet.Load().logger
+	return l != nil && l.Enabled(ctx, slog.LevelDebug)
 }

@@ -163,8 +163,8 @@ func (c *conn) planFanOut(ctx context.Context, route shardRoute) (*fanOut, error
 		opts:          fanOutOptionsFrom(ctx),
 	}
 	if route.all {
-		for _, h := range f.hosts {
-			for s := h.shards.Start; s < h.shards.End; s++ {
+		for _, r := range f.ranges {
+			for s := r.Start; s < r.End; s++ {
 				p.shards = append(p.shards, s)
 			}
 		}
@@ -210,7 +210,7 @@ func (p *fanOut) onShard(ctx context.Context, shard int, fn func(pc *physConn) e
 	if err != nil {
 		return err
 	}
-	defer h.release(sc)
+	defer h.release(sc, shard)
 	err = sc.Raw(func(dc any) error {
 		pc := dc.(*physConn)
 		if err := pc.useSchema(ctx, p.fleet.schemas[shard], p.fleet.setPath[shard]); err != nil {

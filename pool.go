@@ -27,17 +27,19 @@ import (
 // statistics apply as usual.
 type hostPool struct {
 	name         string
-	shards       ShardRange
 	db           *sql.DB
 	permits      chan struct{}
 	poolMax      int
+	shardMax     int // per-shard cap; 0 for none
 	blockTimeout time.Duration
 	logger       *slog.Logger
 
-	mu      sync.Mutex
-	idle    []idleConn // most recently released last
-	flusher *time.Timer
-	closed  bool
+	mu         sync.Mutex
+	idle       []idleConn // most recently released last
+	flusher    *time.Timer
+	closed     bool
+	retired    bool            // close once no connection is in use
+	shardSlots []chan struct{} // per-shard semaphores (shardMax > 0), made on first use
 
 	waits     atomic.Int64
 	waitNanos atomic.Int64
@@ -58,19 +60,27 @@ type idleConn struct {
 const affinityIdle = time.Second
 
 // acquire takes a connection of the host for shard (whose schema is schema),
-// waiting at most the pool block timeout for a free one. It prefers, in
-// order: an idle connection on schema; a connection from the inner pool
-// while the host has fewer than pool_max connections open (in time, every
-// shard of a host with no more shards than pool_max gets its own); the
-// least recently used idle connection. The caller must release it with
-// h.release.
+// waiting at most the pool block timeout in all for a free one: first for
+// one of the shard's shard_max slots, when a cap is set, then for one of the
+// host's pool_max. It prefers, in order: an idle connection on schema; a
+// connection from the inner pool while the host has fewer than pool_max
+// connections open (in time, every shard of a host with no more shards than
+// pool_max gets its own); the least recently used idle connection. The
+// caller must release it with h.release.
 func (h *hostPool) acquire(ctx context.Context, shard int, schema string) (*sql.Conn, error) {
-	select {
-	case h.permits <- struct{}{}:
-	default:
-		if err := h.wait(ctx, shard); err != nil {
+	var waited time.Time // when the first wait began
+	var slot chan struct{}
+	if h.shardMax > 0 {
+		slot = h.shardSlot(shard)
+		if err := h.take(ctx, slot, shard, &waited); err != nil {
 			return nil, err
 		}
+	}
+	if err := h.take(ctx, h.permits, shard, &waited); err != nil {
+		if slot != nil {
+			<-slot
+		}
+		return nil, err
 	}
 	if c := h.takeIdle(schema); c != nil {
 		return c, nil
@@ -79,10 +89,31 @@ func (h *hostPool) acquire(ctx context.Context, shard int, schema string) (*sql.
 	// connections as there are permits. It may have to connect.
 	c, err := h.db.Conn(ctx)
 	if err != nil {
-		<-h.permits
+		h.unlock(shard)
 		return nil, fmt.Errorf("hv: shard %d on host %s: %w", shard, h.name, err)
 	}
 	return c, nil
+}
+
+// shardSlot returns the semaphore that caps shard's connections.
+func (h *hostPool) shardSlot(shard int) chan struct{} {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.shardSlots == nil {
+		h.shardSlots = make([]chan struct{}, NumShards)
+	}
+	if h.shardSlots[shard] == nil {
+		h.shardSlots[shard] = make(chan struct{}, h.shardMax)
+	}
+	return h.shardSlots[shard]
+}
+
+// unlock gives back shard's slot and the host permit held by a statement.
+func (h *hostPool) unlock(shard int) {
+	<-h.permits
+	if h.shardMax > 0 {
+		<-h.shardSlot(shard)
+	}
 }
 
 // takeIdle returns an idle connection on schema, else, when the host has no
@@ -104,7 +135,7 @@ func (h *hostPool) takeIdle(schema string) *sql.Conn {
 	if pick < 0 {
 		// Every permit holder, other than us, holds a connection; so do
 		// the idle ones. Room for one more: let the inner pool give it.
-		if len(h.permits)-1+n < h.poolMax {
+		if len(h.permits)-1+n < h.poolMax && !h.retired {
 			return nil
 		}
 		pick = 0
@@ -116,15 +147,26 @@ func (h *hostPool) takeIdle(schema string) *sql.Conn {
 	return c
 }
 
-func (h *hostPool) wait(ctx context.Context, shard int) error {
-	start := time.Now()
-	h.waits.Add(1)
-	defer func() { h.waitNanos.Add(int64(time.Since(start))) }()
-	if h.blockTimeout > 0 {
-		t := time.NewTimer(h.blockTimeout)
+// take puts a token in sem (a host's permits or a shard's slots), waiting
+// at most what is left of the block timeout since *waited (set when the
+// first wait begins).
+func (h *hostPool) take(ctx context.Context, sem chan struct{}, shard int, waited *time.Time) error {
+	select {
+	case sem <- struct{}{}:
+		return nil
+	default:
+	}
+	now := time.Now()
+	if waited.IsZero() {
+		*waited = now
+		h.waits.Add(1)
+	}
+	defer func() { h.waitNanos.Add(int64(time.Since(now))) }()
+	if left := h.blockTimeout - now.Sub(*waited); left > 0 {
+		t := time.NewTimer(left)
 		defer t.Stop()
 		select {
-		case h.permits <- struct{}{}:
+		case sem <- struct{}{}:
 			return nil
 		case <-ctx.Done():
 			return fmt.Errorf("hv: shard %d on host %s: waiting for a connection: %w", shard, h.name, context.Cause(ctx))
@@ -132,19 +174,23 @@ func (h *hostPool) wait(ctx context.Context, shard int) error {
 		}
 	}
 	h.timeouts.Add(1)
+	limit := fmt.Sprintf("all %d connections of the host", h.poolMax)
+	if sem != h.permits {
+		limit = fmt.Sprintf("the shard's %d connections (shard_max)", h.shardMax)
+	}
 	if h.logger != nil {
 		h.logger.LogAttrs(ctx, slog.LevelWarn, "hv: pool timeout",
-			slog.Int("shard", shard), slog.String("host", h.name),
-			slog.Int("pool_max", h.poolMax), slog.Duration("block_timeout", h.blockTimeout))
+			slog.Int("shard", shard), slog.String("host", h.name), slog.String("busy", limit),
+			slog.Duration("block_timeout", h.blockTimeout))
 	}
-	return fmt.Errorf("%w: shard %d on host %s: all %d connections busy for %v",
-		ErrPoolTimeout, shard, h.name, h.poolMax, h.blockTimeout)
+	return fmt.Errorf("%w: shard %d on host %s: %s busy for %v",
+		ErrPoolTimeout, shard, h.name, limit, h.blockTimeout)
 }
 
 // release gives a connection taken with acquire back: hv keeps it for
 // shard affinity if it is healthy and not in a transaction, and the inner
 // pool gets it otherwise (or has already discarded it).
-func (h *hostPool) release(c *sql.Conn) {
+func (h *hostPool) release(c *sql.Conn, shard int) {
 	schema, keep := "", false
 	_ = c.Raw(func(dc any) error { // sql.ErrConnDone when already discarded
 		pc := dc.(*physConn)
@@ -153,7 +199,7 @@ func (h *hostPool) release(c *sql.Conn) {
 	})
 	if keep {
 		h.mu.Lock()
-		if !h.closed {
+		if !h.closed && !h.retired {
 			h.idle = append(h.idle, idleConn{conn: c, schema: schema, since: time.Now()})
 			if h.flusher == nil {
 				h.flusher = time.AfterFunc(affinityIdle, h.flush)
@@ -165,7 +211,26 @@ func (h *hostPool) release(c *sql.Conn) {
 	if c != nil {
 		_ = c.Close()
 	}
-	<-h.permits
+	h.unlock(shard)
+	h.closeIfRetiredAndIdle()
+}
+
+// retire marks the pool as no longer part of the fleet: it is closed as
+// soon as no statement uses it.
+func (h *hostPool) retire() {
+	h.mu.Lock()
+	h.retired = true
+	h.mu.Unlock()
+	h.closeIfRetiredAndIdle()
+}
+
+func (h *hostPool) closeIfRetiredAndIdle() {
+	h.mu.Lock()
+	done := h.retired && !h.closed && len(h.permits) == 0
+	h.mu.Unlock()
+	if done {
+		_ = h.close()
+	}
 }
 
 // flush gives connections idle for affinityIdle or longer back to the inner
@@ -197,6 +262,10 @@ func (h *hostPool) flush() {
 // close gives every connection back and closes the inner pool.
 func (h *hostPool) close() error {
 	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
 	h.closed = true
 	idle := h.idle
 	h.idle = nil

@@ -17,6 +17,8 @@ type shardRoute struct {
 	fan    bool
 	all    bool
 	shards []int
+	byKey  bool // route by key, mapped by the connector (WithShardKey)
+	key    any
 }
 
 // WithShard returns a copy of ctx that routes statements to logical shard n.
@@ -36,13 +38,28 @@ func WithKey(ctx context.Context, key Key) context.Context {
 // ShardFromContext reports the logical shard that ctx routes to, and whether
 // it carries one.
 // A context marked for fan-out (WithShards, WithAllShards) carries no single
-// shard.
+// shard, nor does one routed by an application key (WithShardKey), whose
+// shard only the connector knows (Connector.ShardFor).
 func ShardFromContext(ctx context.Context) (int, bool) {
 	r, ok := ctx.Value(shardKey{}).(shardRoute)
-	if !ok || r.fan {
+	if !ok || r.fan || r.byKey {
 		return 0, false
 	}
 	return r.shard, true
+}
+
+// shardOf returns the shard ctx routes a single statement to, mapping an
+// application key with f; ok is false when ctx names no shard.
+func (c *Connector) shardOf(ctx context.Context, f *fleet) (shard int, ok bool, err error) {
+	r, ok := ctx.Value(shardKey{}).(shardRoute)
+	switch {
+	case !ok || r.fan:
+		return 0, false, nil
+	case r.byKey:
+		shard, err = c.shardFor(f, r.key)
+		return shard, err == nil, err
+	}
+	return r.shard, true, nil
 }
 
 // WithShards returns a copy of ctx that fans statements out to the given

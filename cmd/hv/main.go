@@ -1,0 +1,381 @@
+// Command hv is the command line of the hv library: it creates the shards of
+// a fleet, stores and reads entities, decodes keys, shows the fleet's state
+// and runs a demonstration.
+//
+// Usage:
+//
+//	hv [-dsn DSN] <command> [arguments]
+//
+// The DSN comes from -dsn, else from the environment variable HV_DSN. The
+// commands are:
+//
+//	init                               create the shards (idempotent) and check their key layout
+//	key <id>                           decode a key: created time, shard, added id (no database needed)
+//	put -shard N -kind K key=value ... store an entity and print its key
+//	get <key>                          print an entity: kind, updated time, body
+//	status                             per host: shard range, reachability, pool statistics
+//	demo                               the tour: with no DSN it starts two throwaway PostgreSQL
+//	                                   servers (shards 1-8 and 9-16) and removes them at the end
+//
+// The exit status is 0 on success, 1 on error and 2 on a usage error;
+// errors go to standard error and never show a password.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/hypervault/hv"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+const usage = `usage: hv [-dsn DSN] <command> [arguments]
+
+The DSN comes from -dsn, else from $HV_DSN.
+
+commands:
+  init                                create the shards (idempotent) and check their key layout
+  key <id>                            decode a key: created time, shard, added id (no database needed)
+  put -shard N -kind K key=value ...  store an entity and print its key
+  get <key>                           print an entity: kind, updated time and body
+  status                              per host: shard range, reachability, pool statistics
+  demo                                the tour; with no DSN it starts two throwaway PostgreSQL servers
+`
+
+// errUsage marks errors whose exit status is 2.
+var errUsage = errors.New("usage")
+
+// cli is one invocation's state.
+type cli struct {
+	dsn            string
+	stdout, stderr io.Writer
+	secrets        []string // values to hide from error messages
+}
+
+// run runs the command line args (without the program name) and returns
+// the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	c := &cli{stdout: stdout, stderr: stderr}
+	fs := flag.NewFlagSet("hv", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&c.dsn, "dsn", "", "hv DSN (default $HV_DSN)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(stdout, usage)
+			return 0
+		}
+		fmt.Fprintf(stderr, "hv: %v\n%s", err, usage)
+		return 2
+	}
+	if c.dsn == "" {
+		c.dsn = os.Getenv("HV_DSN")
+	}
+	if fs.NArg() == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	cmd, rest := fs.Arg(0), fs.Args()[1:]
+	var err error
+	switch cmd {
+	case "init":
+		err = c.initCmd(ctx, rest)
+	case "key":
+		err = c.keyCmd(rest)
+	case "put":
+		err = c.putCmd(ctx, rest)
+	case "get":
+		err = c.getCmd(ctx, rest)
+	case "status":
+		err = c.statusCmd(ctx, rest)
+	case "demo":
+		err = c.demoCmd(ctx, rest)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		err = fmt.Errorf("%w: unknown command %q", errUsage, cmd)
+	}
+	if err == nil {
+		return 0
+	}
+	if errors.Is(err, errUsage) {
+		fmt.Fprintf(stderr, "hv %s: %s\n%s", cmd, c.redact(strings.TrimPrefix(err.Error(), "usage: ")), usage)
+		return 2
+	}
+	msg := strings.TrimPrefix(c.redact(err.Error()), "hv: ")
+	if ctx.Err() != nil {
+		msg = "interrupted: " + msg
+	}
+	fmt.Fprintf(stderr, "hv %s: %s\n", cmd, msg)
+	return 1
+}
+
+// redact removes every known secret from msg.
+func (c *cli) redact(msg string) string {
+	for _, s := range c.secrets {
+		if s != "" {
+			msg = strings.ReplaceAll(msg, s, "xxxxx")
+		}
+	}
+	return msg
+}
+
+// config parses the DSN (which must be set) and remembers its passwords.
+func (c *cli) config() (*hv.Config, error) {
+	if c.dsn == "" {
+		return nil, fmt.Errorf("%w: no DSN: pass -dsn or set HV_DSN", errUsage)
+	}
+	cfg, err := hv.ParseConfig(c.dsn)
+	if err != nil {
+		return nil, err
+	}
+	for _, h := range cfg.Hosts {
+		c.secrets = append(c.secrets, h.Params["password"], h.Params["sslpassword"])
+	}
+	return cfg, nil
+}
+
+// open opens a Datastore on the DSN.
+func (c *cli) open() (*hv.Datastore, error) {
+	cfg, err := c.config()
+	if err != nil {
+		return nil, err
+	}
+	conn, err := hv.NewConnector(cfg)
+	if err != nil {
+		return nil, err
+	}
+	return hv.NewDatastore(conn), nil
+}
+
+// noArgs parses a command's flags and refuses arguments.
+func noArgs(name string, args []string) error {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: %s takes no arguments", errUsage, name)
+	}
+	return nil
+}
+
+func (c *cli) initCmd(ctx context.Context, args []string) error {
+	if err := noArgs("init", args); err != nil {
+		return err
+	}
+	ds, err := c.open()
+	if err != nil {
+		return err
+	}
+	defer ds.Close()
+	if err := ds.CreateShards(ctx); err != nil {
+		return err
+	}
+	if err := ds.CheckLayout(ctx); err != nil {
+		return err
+	}
+	n := 0
+	for _, h := range ds.Connector().Stats() {
+		fmt.Fprintf(c.stdout, "host %s: shards %s ready\n", h.Host, shardSpan(h.Shards))
+		n += h.Shards.Len()
+	}
+	fmt.Fprintf(c.stdout, "%d shards ready; key epoch %s\n", n, ds.Layout().Epoch().Format(time.RFC3339Nano))
+	return nil
+}
+
+// oneArg returns a command's single argument.
+func oneArg(name, what string, args []string) (string, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	if err := fs.Parse(args); err != nil {
+		return "", fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if fs.NArg() != 1 {
+		return "", fmt.Errorf("%w: %s takes one argument, %s", errUsage, name, what)
+	}
+	return fs.Arg(0), nil
+}
+
+func (c *cli) keyCmd(args []string) error {
+	arg, err := oneArg("key", "the key", args)
+	if err != nil {
+		return err
+	}
+	k, err := hv.ParseKey(arg)
+	if err != nil {
+		return err
+	}
+	layout := hv.DefaultLayout()
+	if c.dsn != "" { // the fleet's epoch, when one is configured; no connection
+		cfg, err := c.config()
+		if err != nil {
+			return err
+		}
+		if layout, err = hv.NewLayout(cfg.Epoch); err != nil {
+			return err
+		}
+	}
+	printKey(c.stdout, k, layout)
+	return nil
+}
+
+func printKey(w io.Writer, k hv.Key, layout hv.Layout) {
+	fmt.Fprintf(w, "key       %s\n", k)
+	fmt.Fprintf(w, "created   %s\n", layout.Created(k).Format(time.RFC3339Nano))
+	fmt.Fprintf(w, "shard     %d\n", k.ShardID())
+	fmt.Fprintf(w, "added id  %d\n", k.AddedID())
+}
+
+func (c *cli) putCmd(ctx context.Context, args []string) error {
+	fs := flag.NewFlagSet("put", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	shard := fs.Int("shard", -1, "logical shard")
+	kind := fs.Int("kind", 0, "entity kind (smallint)")
+	if err := fs.Parse(args); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if *shard < 0 {
+		return fmt.Errorf("%w: put needs -shard N", errUsage)
+	}
+	data := map[string]string{}
+	for _, kv := range fs.Args() {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("%w: put: %q is not key=value", errUsage, kv)
+		}
+		if _, dup := data[k]; dup {
+			return fmt.Errorf("%w: put: key %q given twice", errUsage, k)
+		}
+		data[k] = v
+	}
+	ds, err := c.open()
+	if err != nil {
+		return err
+	}
+	defer ds.Close()
+	k, err := ds.Put(ctx, *shard, *kind, data)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(c.stdout, k)
+	return nil
+}
+
+func (c *cli) getCmd(ctx context.Context, args []string) error {
+	arg, err := oneArg("get", "the key", args)
+	if err != nil {
+		return err
+	}
+	k, err := hv.ParseKey(arg)
+	if err != nil {
+		return err
+	}
+	ds, err := c.open()
+	if err != nil {
+		return err
+	}
+	defer ds.Close()
+	e, err := ds.Get(ctx, k)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(c.stdout, "key       %s\n", e.Key)
+	fmt.Fprintf(c.stdout, "shard     %d\n", e.Key.ShardID())
+	fmt.Fprintf(c.stdout, "kind      %d\n", e.Kind)
+	fmt.Fprintf(c.stdout, "updated   %s\n", formatTime(e.Updated))
+	fmt.Fprintf(c.stdout, "body      %s\n", hstoreText(e.Data))
+	return nil
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+// hstoreText returns h in hstore's text form.
+func hstoreText(h hv.Hstore) string {
+	v, err := h.Value()
+	if err != nil {
+		return fmt.Sprintf("(%v)", err)
+	}
+	if v == nil {
+		return "NULL"
+	}
+	return v.(string)
+}
+
+func (c *cli) statusCmd(ctx context.Context, args []string) error {
+	if err := noArgs("status", args); err != nil {
+		return err
+	}
+	ds, err := c.open()
+	if err != nil {
+		return err
+	}
+	defer ds.Close()
+	cfg := ds.Connector().Config()
+	var down int
+	for _, h := range ds.Connector().Stats() {
+		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := ds.DB().PingContext(hv.WithShard(pctx, h.Shards.Start))
+		cancel()
+		state := "up"
+		if err != nil {
+			state = "DOWN: " + err.Error()
+			down++
+		}
+		fmt.Fprintf(c.stdout, "host %s  shards %s (%d)  %s\n", h.Host, shardSpan(h.Shards), h.Shards.Len(), state)
+	}
+	fmt.Fprintf(c.stdout, "driver %s, schema pattern %s, key epoch %s\n", cfg.Driver, cfg.SchemaPattern, ds.Layout().Epoch().Format(time.RFC3339Nano))
+	printStats(c.stdout, ds.Connector().Stats(), "")
+	if down > 0 {
+		return fmt.Errorf("%d of %d hosts are down", down, len(cfg.Hosts))
+	}
+	return nil
+}
+
+// printStats prints one line of pool statistics per host.
+func printStats(w io.Writer, stats []hv.HostStats, indent string) {
+	for _, h := range stats {
+		fmt.Fprintf(w, "%spool %s (shards %s): max %d, open %d, in use %d, idle %d, waits %d (%v), timeouts %d\n",
+			indent, h.Host, shardSpan(h.Shards), h.PoolMax, h.DB.OpenConnections, h.DB.InUse, h.DB.Idle,
+			h.WaitCount, h.WaitDuration.Round(time.Millisecond), h.Timeouts)
+	}
+}
+
+// shardSpan returns a shard range for people: "1-8" for the half-open [1, 9).
+func shardSpan(r hv.ShardRange) string {
+	if r.Len() == 1 {
+		return fmt.Sprint(r.Start)
+	}
+	return fmt.Sprintf("%d-%d", r.Start, r.End-1)
+}
+
+// sortedShards returns the keys of m in order.
+func sortedShards(m map[int]int) []int {
+	out := make([]int, 0, len(m))
+	for s := range m {
+		out = append(out, s)
+	}
+	sort.Ints(out)
+	return out
+}

@@ -1,0 +1,244 @@
+package hv
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// ShardFunc is the work EachShard does on one logical shard: it runs inside
+// tx, a transaction on one connection of the shard's host whose search_path
+// is the shard's schema. Returning an error rolls the shard's transaction
+// back; returning nil commits it. fn must use tx, not the *sql.DB, for its
+// statements (a second connection of the same host could wait for one that
+// EachShard holds), and it must be safe to call from several goroutines at
+// once, for different shards.
+type ShardFunc func(ctx context.Context, tx *sql.Tx, shard int) error
+
+// EachShardOptions tune EachShard. The zero value (or nil) runs on every
+// shard of the fleet, as many at a time per host as its pool allows.
+type EachShardOptions struct {
+	// Shards lists the shards to run on; nil means every shard the fleet
+	// owns. Duplicates are ignored. A shard no host owns is reported as
+	// failed with an error wrapping ErrUnknownShard.
+	Shards []int
+	// Concurrency limits how many shards of one host run at once. Zero, or
+	// more than the host's pool size, means the host's pool size.
+	Concurrency int
+	// TxOptions are passed to BeginTx for every shard's transaction.
+	TxOptions *sql.TxOptions
+	// Progress, when set, is called after each shard finishes, with the
+	// number of shards finished so far, the total, the shard and its error
+	// (nil when it committed). Calls are serialised, so Progress needs no
+	// locking of its own; it should return quickly.
+	Progress func(done, total int, shard int, err error)
+}
+
+// EachShardResult is what EachShard did: the shards that committed and the
+// ones that failed, each with why.
+type EachShardResult struct {
+	// Total is the number of shards EachShard was asked to run on.
+	Total int
+	// Committed lists, in order, the shards whose transaction committed.
+	Committed []int
+	// Failed maps each shard that did not commit to its error, a
+	// *ShardError naming the shard and its host. Shards not started because
+	// ctx ended are failed with the context's error.
+	Failed map[int]error
+
+	err error // a misuse that stopped EachShard before any shard ran
+}
+
+// Err returns the failures joined in shard order, or nil when every shard
+// committed. A misuse of EachShard (a nil argument) is reported here too.
+func (r *EachShardResult) Err() error {
+	if r == nil {
+		return nil
+	}
+	if r.err != nil {
+		return r.err
+	}
+	if len(r.Failed) == 0 {
+		return nil
+	}
+	shards := make([]int, 0, len(r.Failed))
+	for s := range r.Failed {
+		shards = append(shards, s)
+	}
+	slices.Sort(shards)
+	errs := make([]error, len(shards))
+	for i, s := range shards {
+		errs[i] = r.Failed[s]
+	}
+	return errors.Join(errs...)
+}
+
+// ShardError is the error of one shard in an EachShardResult (and in the
+// errors of CreateShards and CheckLayout): it names the shard and the host
+// that owns it. Unwrap returns the underlying error.
+type ShardError struct {
+	// Shard is the logical shard that failed.
+	Shard int
+	// Host is the owning host's name ("host:port/dbname"), or "" when no
+	// host owns the shard.
+	Host string
+	// Err is why the shard failed.
+	Err error
+}
+
+// Error returns "hv: shard N on host H: <error>". When the underlying error
+// already starts with that prefix (hv's own statement errors do), it is not
+// repeated.
+func (e *ShardError) Error() string {
+	prefix := fmt.Sprintf("hv: shard %d", e.Shard)
+	if e.Host != "" {
+		prefix += " on host " + e.Host
+	}
+	msg := "<nil>"
+	if e.Err != nil {
+		msg = e.Err.Error()
+	}
+	if strings.HasPrefix(msg, prefix+": ") {
+		return msg
+	}
+	return prefix + ": " + msg
+}
+
+// Unwrap returns the underlying error.
+func (e *ShardError) Unwrap() error { return e.Err }
+
+// EachShard runs fn on every shard of the fleet behind db and c (db must be
+// sql.OpenDB(c)), each shard in its own transaction on its own schema: a
+// shard whose fn fails (or whose commit fails) is rolled back, the others
+// commit. Hosts run concurrently, and within a host up to its pool size
+// shards at a time (see EachShardOptions.Concurrency). opts may be nil.
+//
+// fn's panics are not recovered. It never returns nil: the result lists the shards that committed and
+// those that failed, with errors naming shard and host; result.Err() joins
+// the failures. When ctx ends, shards not yet started are failed with its
+// error and running ones fail as their statements do.
+func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn ShardFunc, opts *EachShardOptions) *EachShardResult {
+	if opts == nil {
+		opts = &EachShardOptions{}
+	}
+	res := &EachShardResult{Failed: map[int]error{}}
+	if db == nil || c == nil || fn == nil {
+		res.err = errors.New("hv: EachShard needs a *sql.DB, its *Connector and a ShardFunc")
+		return res
+	}
+	hosts := c.Stats()
+
+	// The work, grouped by host in configuration order.
+	work := make([][]int, len(hosts))
+	var unowned []int
+	seen := map[int]bool{}
+	add := func(s int) {
+		if seen[s] {
+			return
+		}
+		seen[s] = true
+		for i, h := range hosts {
+			if h.Shards.Contains(s) {
+				work[i] = append(work[i], s)
+				return
+			}
+		}
+		unowned = append(unowned, s)
+	}
+	if opts.Shards == nil {
+		for _, h := range hosts {
+			for s := h.Shards.Start; s < h.Shards.End; s++ {
+				add(s)
+			}
+		}
+	} else {
+		for _, s := range opts.Shards {
+			add(s)
+		}
+	}
+	res.Total = len(seen)
+
+	var mu sync.Mutex
+	done := 0
+	finish := func(shard int, host string, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if err != nil {
+			err = &ShardError{Shard: shard, Host: host, Err: err}
+			res.Failed[shard] = err
+		} else {
+			res.Committed = append(res.Committed, shard)
+		}
+		done++
+		if opts.Progress != nil {
+			opts.Progress(done, res.Total, shard, err)
+		}
+	}
+	for _, s := range unowned {
+		finish(s, "", fmt.Errorf("%w: shard %d", ErrUnknownShard, s))
+	}
+
+	var wg sync.WaitGroup
+	for i, shards := range work {
+		if len(shards) == 0 {
+			continue
+		}
+		h := hosts[i]
+		n := h.PoolMax
+		if opts.Concurrency > 0 && opts.Concurrency < n {
+			n = opts.Concurrency
+		}
+		n = min(n, len(shards))
+		next := make(chan int)
+		for range n {
+			wg.Go(func() {
+				for s := range next {
+					finish(s, h.Host, runShardTx(ctx, db, s, fn, opts.TxOptions))
+				}
+			})
+		}
+		wg.Go(func() {
+			defer close(next)
+			for k, s := range shards {
+				select {
+				case next <- s:
+				case <-ctx.Done():
+					for _, s := range shards[k:] {
+						finish(s, h.Host, fmt.Errorf("not run: %w", context.Cause(ctx)))
+					}
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	slices.Sort(res.Committed)
+	return res
+}
+
+// runShardTx runs fn in a transaction on shard and commits it, or rolls it
+// back when fn fails.
+func runShardTx(ctx context.Context, db *sql.DB, shard int, fn ShardFunc, txo *sql.TxOptions) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("not run: %w", context.Cause(ctx))
+	}
+	sctx := WithShard(ctx, shard)
+	tx, err := db.BeginTx(sctx, txo)
+	if err != nil {
+		return err
+	}
+	if err := fn(sctx, tx, shard); err != nil {
+		if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
+			return errors.Join(err, fmt.Errorf("rollback: %w", rerr))
+		}
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return fmt.Errorf("commit: %w", err)
+	}
+	return nil
+}
