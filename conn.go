@@ -156,7 +156,7 @@ func (c *conn) useSchema(ctx context.Context, pc *physConn) error {
 	if c.tx != nil {
 		return nil
 	}
-	return pc.useSchema(ctx, c.schema, c.fleet.setPath[c.shard])
+	return pc.useSchema(ctx, c.schema, c.fleet.setPath[c.shard], c.host.counters(c.shard))
 }
 
 // fail adds the shard and host to a statement error, and drops the physical
@@ -196,6 +196,7 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 		inner, err = pc.query(ctx, query, args, c.tx != nil)
 		return err
 	})
+	c.host.countStatement(c.shard, err)
 	if debug {
 		c.connector.logStatement(ctx, c.shard, c.host.name, start, err)
 	}
@@ -230,6 +231,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		res, err = pc.exec(ctx, query, args, c.tx != nil)
 		return err
 	})
+	c.host.countStatement(c.shard, err)
 	if debug {
 		c.connector.logStatement(ctx, c.shard, c.host.name, start, err)
 	}

@@ -65,6 +65,8 @@ type HostStats struct {
 	// SchemaSwitches counts the search_path switches sent to the host: the
 	// statements that found no connection already on their shard's schema.
 	SchemaSwitches int64
+	// Shards has the counters of each shard the host owns, in shard order.
+	ShardStats []ShardStats
 }
 
 // NewConnector validates cfg and opens one pool per host. No connection is
@@ -344,6 +346,7 @@ func (c *Connector) Stats() []HostStats {
 			WaitDuration:   time.Duration(h.waitNanos.Load()),
 			Timeouts:       h.timeouts.Load(),
 			SchemaSwitches: h.switches.Load(),
+			ShardStats:     h.shardStats(f.ranges[i]),
 		}
 	}
 	return out

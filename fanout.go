@@ -213,7 +213,7 @@ func (p *fanOut) onShard(ctx context.Context, shard int, fn func(pc *physConn) e
 	defer h.release(sc, shard)
 	err = sc.Raw(func(dc any) error {
 		pc := dc.(*physConn)
-		if err := pc.useSchema(ctx, p.fleet.schemas[shard], p.fleet.setPath[shard]); err != nil {
+		if err := pc.useSchema(ctx, p.fleet.schemas[shard], p.fleet.setPath[shard], h.counters(shard)); err != nil {
 			return err
 		}
 		err := fn(pc)
@@ -222,6 +222,9 @@ func (p *fanOut) onShard(ctx context.Context, shard int, fn func(pc *physConn) e
 		}
 		return err
 	})
+	if !errors.Is(err, errRowsClosed) {
+		h.countStatement(shard, err)
+	}
 	if err != nil {
 		return fmt.Errorf("hv: shard %d on host %s: %w", shard, h.name, err)
 	}

@@ -45,6 +45,7 @@ type hostPool struct {
 	waitNanos atomic.Int64
 	timeouts  atomic.Int64
 	switches  atomic.Int64 // search_path switches sent
+	perShard  [NumShards]atomic.Pointer[shardCounters]
 }
 
 // idleConn is a connection hv keeps between statements.
@@ -157,11 +158,17 @@ func (h *hostPool) take(ctx context.Context, sem chan struct{}, shard int, waite
 	default:
 	}
 	now := time.Now()
+	sc := h.counters(shard)
 	if waited.IsZero() {
 		*waited = now
 		h.waits.Add(1)
+		sc.waits.Add(1)
 	}
-	defer func() { h.waitNanos.Add(int64(time.Since(now))) }()
+	defer func() {
+		d := int64(time.Since(now))
+		h.waitNanos.Add(d)
+		sc.waitNanos.Add(d)
+	}()
 	if left := h.blockTimeout - now.Sub(*waited); left > 0 {
 		t := time.NewTimer(left)
 		defer t.Stop()
@@ -174,6 +181,7 @@ func (h *hostPool) take(ctx context.Context, sem chan struct{}, shard int, waite
 		}
 	}
 	h.timeouts.Add(1)
+	sc.timeouts.Add(1)
 	limit := fmt.Sprintf("all %d connections of the host", h.poolMax)
 	if sem != h.permits {
 		limit = fmt.Sprintf("the shard's %d connections (shard_max)", h.shardMax)
@@ -313,7 +321,7 @@ type physConn struct {
 
 // useSchema sets search_path with setPath unless the session is known to be
 // on schema already. What it remembers is set only after a successful switch.
-func (p *physConn) useSchema(ctx context.Context, schema, setPath string) error {
+func (p *physConn) useSchema(ctx context.Context, schema, setPath string, sc *shardCounters) error {
 	if p.schema == schema {
 		return nil
 	}
@@ -323,6 +331,7 @@ func (p *physConn) useSchema(ctx context.Context, schema, setPath string) error 
 		return errors.New("hv: inner driver connection does not implement ExecerContext")
 	}
 	p.switches.Add(1)
+	sc.switches.Add(1)
 	if _, err := ex.ExecContext(ctx, setPath, nil); err != nil {
 		return err
 	}
