@@ -28,16 +28,7 @@ func BenchmarkPointSelect(b *testing.B) {
 	defer direct.Close()
 	direct.SetMaxOpenConns(10)
 	direct.SetMaxIdleConns(10)
-	cfg, err := ParseConfig(f.dsn)
-	if err != nil {
-		b.Fatal(err)
-	}
-	connector, err := NewConnector(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	hv := sql.OpenDB(connector)
-	defer hv.Close()
+	_, connector, hv := f.connect(b)
 	hv.SetMaxIdleConns(20)
 
 	var shard int

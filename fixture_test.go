@@ -85,6 +85,23 @@ func (f *testFleet) open(t testing.TB) *sql.DB {
 	return db
 }
 
+// connect opens the fleet through its own Connector, returning the parsed
+// Config too (for Reconfigure).
+func (f *testFleet) connect(t testing.TB) (*Config, *Connector, *sql.DB) {
+	t.Helper()
+	cfg, err := ParseConfig(f.dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := NewConnector(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	t.Cleanup(func() { db.Close() })
+	return cfg, c, db
+}
+
 // where reports where a statement on ctx ran: schema, database, server port
 // and the shard number stored in the schema's table.
 type where struct {

@@ -2,7 +2,6 @@ package hv
 
 import (
 	"context"
-	"database/sql"
 	"errors"
 	"fmt"
 	"math"
@@ -125,16 +124,7 @@ func TestWithShardKeyRoutes(t *testing.T) {
 
 func TestShardFuncAndMissingNumShards(t *testing.T) {
 	f := newTestFleet(t, fleetOptions{})
-	cfg, err := ParseConfig(f.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := NewConnector(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := sql.OpenDB(c)
-	defer db.Close()
+	cfg, c, db := f.connect(t)
 	if _, err := db.ExecContext(WithShardKey(context.Background(), 3), "SELECT 1"); !errors.Is(err, ErrShardKey) || !strings.Contains(err.Error(), "num_shards") {
 		t.Errorf("WithShardKey without num_shards: got %v", err)
 	}
@@ -217,16 +207,7 @@ func TestShardMaxLeavesRoomForNeighbours(t *testing.T) {
 // hosts that stay are kept.
 func TestReconfigureMovesAShardUnderLoad(t *testing.T) {
 	f := newTestFleet(t, fleetOptions{global: "pool_max=4"})
-	cfg, err := ParseConfig(f.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := NewConnector(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := sql.OpenDB(c)
-	defer db.Close()
+	cfg, c, db := f.connect(t)
 	ctx := context.Background()
 
 	// Copy shard 8 (on the first server) to the second, marking the copy.
@@ -336,16 +317,7 @@ func TestReconfigureMovesAShardUnderLoad(t *testing.T) {
 // Hosts that leave the map are closed once their statements end.
 func TestReconfigureClosesHostsThatLeave(t *testing.T) {
 	f := newTestFleet(t, fleetOptions{})
-	cfg, err := ParseConfig(f.dsn)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := NewConnector(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := sql.OpenDB(c)
-	defer db.Close()
+	cfg, c, db := f.connect(t)
 	ctx := context.Background()
 	tx, err := db.BeginTx(WithShard(ctx, 12), nil)
 	if err != nil {
