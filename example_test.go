@@ -199,3 +199,74 @@ func ExampleWithAllShards() {
 	// note of shard0014
 	// deleted 2 on shards 1 and 9
 }
+
+// Applications that route by their own ids set num_shards and hand hv the
+// id: integers go to id mod num_shards, strings to a stable hash.
+func ExampleWithShardKey() {
+	db, err := sql.Open("hv", os.Getenv("HV_DSN")+"; num_shards=16")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+
+	for _, key := range []any{21, "alice", "carol"} {
+		var schema string
+		ctx := hv.WithShardKey(context.Background(), key)
+		if err := db.QueryRowContext(ctx, "SELECT current_schema()").Scan(&schema); err != nil {
+			log.Fatal(err)
+		}
+		fmt.Printf("%v -> %s\n", key, schema)
+	}
+	// "bob" hashes to shard 0, which no host of this fleet owns.
+	_, err = db.ExecContext(hv.WithShardKey(context.Background(), "bob"), "SELECT 1")
+	fmt.Println(errors.Is(err, hv.ErrUnknownShard))
+	// Output:
+	// 21 -> shard0005
+	// alice -> shard0004
+	// carol -> shard0014
+	// true
+}
+
+// ShardForKey is the documented default mapping, for programs that need
+// to compute it themselves.
+func ExampleShardForKey() {
+	for _, key := range []any{42, -1, "user:42"} {
+		shard, err := hv.ShardForKey(key, 2000)
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Println(key, "->", shard)
+	}
+	// Output:
+	// 42 -> 42
+	// -1 -> 1999
+	// user:42 -> 1112
+}
+
+// Reconfigure moves shards between hosts without a restart; here the
+// first host gives shard 8 to the second (whose database must then hold
+// the schema: the example only shows the routing).
+func ExampleConnector_Reconfigure() {
+	cfg, err := hv.ParseConfig(os.Getenv("HV_DSN"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	c, err := hv.NewConnector(cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	defer db.Close()
+
+	cfg.Hosts[0].Shards = hv.ShardRange{Start: 1, End: 8}
+	cfg.Hosts[1].Shards = hv.ShardRange{Start: 8, End: 17}
+	if err := c.Reconfigure(cfg); err != nil {
+		log.Fatal(err)
+	}
+	for _, h := range c.Stats() {
+		fmt.Println("shards", h.Shards.Start, "to", h.Shards.End-1)
+	}
+	// Output:
+	// shards 1 to 7
+	// shards 8 to 16
+}
