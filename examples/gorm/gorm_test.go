@@ -402,7 +402,7 @@ func TestRun(t *testing.T) {
 					t.Errorf("%q: schema %s for shard %d", line, schema, shard)
 				}
 				want := 1
-				if email == "edsger@example.com" {
+				if email == "donald@example.com" {
 					want = 0 // deleted later in the run
 				}
 				if n := f.rowsOn(t, shard, "email = $1", email); n != want {
@@ -417,7 +417,7 @@ func TestRun(t *testing.T) {
 			t.Fatalf("created %d users and listed %d, want 3 and 2:\n%s", created, fleetLines, out.String())
 		}
 		if !strings.Contains(out.String(), `renamed ada@example.com to "Ada Lovelace"`) ||
-			!strings.Contains(out.String(), "deleted edsger@example.com: true") {
+			!strings.Contains(out.String(), "deleted donald@example.com: true") {
 			t.Fatalf("unexpected output:\n%s", out.String())
 		}
 		total := 0

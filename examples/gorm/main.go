@@ -121,7 +121,7 @@ func run(ctx context.Context, dsn string, out io.Writer) error {
 		return err
 	}
 
-	emails := []string{"ada@example.com", "grace@example.com", "edsger@example.com"}
+	emails := []string{"ada@example.com", "barbara@example.com", "donald@example.com"}
 	// Fan-out exec: remove what an earlier run left, on every shard at once.
 	// GORM wraps writes in a transaction, and a transaction lives on one
 	// shard: fan-out writes need SkipDefaultTransaction.
