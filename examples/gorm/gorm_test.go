@@ -152,6 +152,7 @@ type UserV2 struct {
 	Bio string
 }
 
+// TableName keeps UserV2 in the users table.
 func (UserV2) TableName() string { return "users" }
 
 func TestGORM(t *testing.T) {
