@@ -6,9 +6,13 @@ BENCHSTAT  = $(shell $(GO) env GOPATH)/bin/benchstat
 
 .PHONY: test fmt vet demo bench fuzz
 
-## test: gofmt check, go vet, and every test under the race detector
+EXAMPLES = examples/gorm examples/bun
+
+## test: gofmt check, go vet, and every test under the race detector, also
+## in the nested example modules
 test: fmt vet
 	$(GO) test -race -count=1 ./...
+	for d in $(EXAMPLES); do (cd $$d && $(GO) vet ./... && $(GO) test -race -count=1 ./...) || exit 1; done
 
 fmt:
 	@out=$$(gofmt -l . | grep -v '^testdata/'); \

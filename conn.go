@@ -264,6 +264,9 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
+	if _, ok := fanOutFrom(ctx); ok {
+		return nil, ErrFanOutPinned
+	}
 	if err := c.lease(ctx); err != nil {
 		return nil, err
 	}

@@ -13,7 +13,8 @@ import (
 
 var (
 	// ErrFanOutPinned is returned when a fan-out statement runs inside a
-	// transaction or on a *sql.Conn pinned to one shard.
+	// transaction or on a *sql.Conn pinned to one shard, and by BeginTx on
+	// a fan-out context (a transaction lives on one shard).
 	ErrFanOutPinned = errors.New("hv: fan-out is refused inside a transaction or on a pinned Conn; run it on the *sql.DB")
 
 	// ErrColumnMismatch is returned when the shards of a fan-out return
