@@ -294,7 +294,7 @@ func (d *Datastore) CheckLayout(ctx context.Context) error {
 
 // EachShard runs fn on every shard of the Datastore's fleet, each in its own
 // transaction; see the package-level EachShard. It never returns nil.
-func (d *Datastore) EachShard(ctx context.Context, fn ShardFunc, opts *EachShardOptions) *EachShardResult {
+func (d *Datastore) EachShard(ctx context.Context, fn EachShardFunc, opts *EachShardOptions) *EachShardResult {
 	if err := d.ready(); err != nil {
 		return &EachShardResult{Failed: map[int]error{}, err: err}
 	}

@@ -10,14 +10,14 @@ import (
 	"sync"
 )
 
-// ShardFunc is the work EachShard does on one logical shard: it runs inside
+// EachShardFunc is the work EachShard does on one logical shard: it runs inside
 // tx, a transaction on one connection of the shard's host whose search_path
 // is the shard's schema. Returning an error rolls the shard's transaction
 // back; returning nil commits it. fn must use tx, not the *sql.DB, for its
 // statements (a second connection of the same host could wait for one that
 // EachShard holds), and it must be safe to call from several goroutines at
 // once, for different shards.
-type ShardFunc func(ctx context.Context, tx *sql.Tx, shard int) error
+type EachShardFunc func(ctx context.Context, tx *sql.Tx, shard int) error
 
 // EachShardOptions tune EachShard. The zero value (or nil) runs on every
 // shard of the fleet, as many at a time per host as its pool allows.
@@ -121,13 +121,13 @@ func (e *ShardError) Unwrap() error { return e.Err }
 // those that failed, with errors naming shard and host; result.Err() joins
 // the failures. When ctx ends, shards not yet started are failed with its
 // error and running ones fail as their statements do.
-func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn ShardFunc, opts *EachShardOptions) *EachShardResult {
+func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn EachShardFunc, opts *EachShardOptions) *EachShardResult {
 	if opts == nil {
 		opts = &EachShardOptions{}
 	}
 	res := &EachShardResult{Failed: map[int]error{}}
 	if db == nil || c == nil || fn == nil {
-		res.err = errors.New("hv: EachShard needs a *sql.DB, its *Connector and a ShardFunc")
+		res.err = errors.New("hv: EachShard needs a *sql.DB, its *Connector and an EachShardFunc")
 		return res
 	}
 	hosts := c.Stats()
@@ -222,7 +222,7 @@ func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn ShardFunc, opts
 
 // runShardTx runs fn in a transaction on shard and commits it, or rolls it
 // back when fn fails.
-func runShardTx(ctx context.Context, db *sql.DB, shard int, fn ShardFunc, txo *sql.TxOptions) error {
+func runShardTx(ctx context.Context, db *sql.DB, shard int, fn EachShardFunc, txo *sql.TxOptions) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("not run: %w", context.Cause(ctx))
 	}

@@ -7,8 +7,11 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"time"
 
 	"github.com/hypervault/hv"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // The examples run against the fleet in HV_DSN: shards 1-8 on one
@@ -269,4 +272,163 @@ func ExampleConnector_Reconfigure() {
 	// Output:
 	// shards 1 to 7
 	// shards 8 to 16
+}
+
+// A Generator makes keys in the process from blocks it leases from the
+// shard's sequence: no round trip per key, and never a key that next_id()
+// or another Generator, here or elsewhere, also makes.
+func ExampleNewGenerator() {
+	ds, err := hv.Open(os.Getenv("HV_DSN"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer ds.Close()
+	ctx := context.Background()
+	if err := ds.CreateShards(ctx); err != nil { // creates lease_ids() on every shard
+		log.Fatal(err)
+	}
+
+	gen, err := hv.NewGenerator(hv.DBLeaser{DB: ds.DB()}, 9, nil)
+	if err != nil {
+		log.Fatal(err)
+	}
+	a, err := gen.Next(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	b, err := gen.Next(ctx)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(a.ShardID(), b.ShardID(), b > a)
+	// Output: 9 9 true
+}
+
+// Raw hands the inner driver's own connection, already on the shard's
+// schema, for what database/sql cannot express.
+func ExampleRaw() {
+	db, err := sql.Open("hv", os.Getenv("HV_DSN"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+
+	err = hv.Raw(ctx, db, 3, func(driverConn any) error {
+		conn := driverConn.(*stdlib.Conn).Conn() // *pgx.Conn
+		n, err := conn.CopyFrom(ctx, pgx.Identifier{"notes"}, []string{"id", "body"},
+			pgx.CopyFromRows([][]any{{300, "copied"}, {301, "copied"}}))
+		fmt.Println("copied", n, "rows")
+		return err
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	var n int
+	if err := db.QueryRowContext(hv.WithShard(ctx, 3), "SELECT count(*) FROM notes WHERE body = 'copied'").Scan(&n); err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(n, "rows on shard 3")
+	// Output:
+	// copied 2 rows
+	// 2 rows on shard 3
+}
+
+// ParseHstore reads hstore text exactly as PostgreSQL does; a nil value is
+// SQL NULL.
+func ExampleParseHstore() {
+	h, err := hv.ParseHstore(`a=>1, "b c"=>"x\"y", d=>NULL`)
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(*h["a"], *h["b c"], h["d"] == nil)
+	v, _ := h.Value()
+	fmt.Println(v)
+
+	_, err = hv.ParseHstore(`a=>b c`)
+	fmt.Println(err)
+	// Output:
+	// 1 x"y true
+	// "a"=>"1", "b c"=>"x\"y", "d"=>NULL
+	// hstore: syntax error at position 5: expected "," or end of input after a value
+}
+
+// With WithPartialResults a failing shard does not fail the fan-out: the
+// other shards' rows come back and the report says what failed.
+func ExampleWithPartialResults() {
+	db, err := sql.Open("hv", os.Getenv("HV_DSN"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer db.Close()
+
+	var report hv.FanOutReport
+	ctx := hv.WithPartialResults(hv.WithShards(context.Background(), 2, 99, 4), &report)
+	rows, err := db.QueryContext(ctx, "SELECT current_schema()")
+	if err != nil {
+		log.Fatal(err)
+	}
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	rows.Close()
+	fmt.Println(n, "rows")
+	for shard, err := range report.Failed() {
+		fmt.Println("shard", shard, "failed:", errors.Is(err, hv.ErrUnknownShard))
+	}
+	// Output:
+	// 2 rows
+	// shard 99 failed: true
+}
+
+// WithKey routes by the shard inside a Key; ShardFromContext reads the
+// shard a context carries.
+func ExampleWithKey() {
+	key, err := hv.NewKey(time.Date(2024, 5, 1, 12, 0, 0, 0, time.UTC), 11, 7)
+	if err != nil {
+		log.Fatal(err)
+	}
+	ctx := hv.WithKey(context.Background(), key)
+	shard, ok := hv.ShardFromContext(ctx)
+	fmt.Println(shard, ok)
+	_, ok = hv.ShardFromContext(context.Background())
+	fmt.Println(ok)
+	// Output:
+	// 11 true
+	// false
+}
+
+// shard_max keeps a hot shard from taking every connection of its host:
+// here shard 1 may hold one of the host's two, so its second statement
+// waits and times out while shard 2 is still served.
+func ExampleConfig_shardMax() {
+	cfg, err := hv.ParseConfig(os.Getenv("HV_DSN") + "; pool_max=2 shard_max=1 pool_block_timeout=100ms")
+	if err != nil {
+		log.Fatal(err)
+	}
+	c, err := hv.NewConnector(cfg)
+	if err != nil {
+		log.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	defer db.Close()
+	ctx := context.Background()
+
+	held, err := db.Conn(hv.WithShard(ctx, 1)) // holds shard 1's one connection
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer held.Close()
+	if err := held.PingContext(ctx); err != nil {
+		log.Fatal(err)
+	}
+
+	_, err = db.ExecContext(hv.WithShard(ctx, 1), "SELECT 1")
+	fmt.Println("shard 1:", errors.Is(err, hv.ErrPoolTimeout))
+	_, err = db.ExecContext(hv.WithShard(ctx, 2), "SELECT 1")
+	fmt.Println("shard 2:", err)
+	// Output:
+	// shard 1: true
+	// shard 2: <nil>
 }

@@ -177,13 +177,22 @@ func (c *conn) planFanOut(ctx context.Context, route shardRoute) (*fanOut, error
 	if len(p.shards) == 0 {
 		return nil, fmt.Errorf("%w: fan-out names no shards", ErrUnknownShard)
 	}
+	owned := p.shards[:0]
 	for _, s := range p.shards {
 		h, err := f.host(s)
 		if err != nil {
-			return nil, err
+			if p.opts.report == nil {
+				return nil, err
+			}
+			p.opts.report.record(s, err) // partial results: skip it
+			continue
 		}
+		owned = append(owned, s)
 		p.hostOf[s] = h
 		p.perHostShards[h]++
+	}
+	if p.shards = owned; len(p.shards) == 0 {
+		return nil, fmt.Errorf("hv: every shard of the fan-out failed: %w", p.opts.report.Err())
 	}
 	for h := range p.perHostShards {
 		n := h.poolMax
