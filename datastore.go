@@ -153,6 +153,12 @@ const dsLockClass = 0x6876 // "hv"
 // failures, each naming its shard (or host) and host, and is nil when every
 // shard is ready.
 func (d *Datastore) CreateShards(ctx context.Context) error {
+	return d.CreateShardsProgress(ctx, nil)
+}
+
+// CreateShardsProgress is CreateShards calling progress (when not nil)
+// each time a shard is done, as EachShardOptions.Progress does.
+func (d *Datastore) CreateShardsProgress(ctx context.Context, progress func(done, total, shard int, err error)) error {
 	if err := d.ready(); err != nil {
 		return err
 	}
@@ -172,7 +178,7 @@ func (d *Datastore) CreateShards(ctx context.Context) error {
 			shards = append(shards, s)
 		}
 	}
-	res := EachShard(ctx, d.db, d.c, d.createShard, &EachShardOptions{Shards: shards})
+	res := EachShard(ctx, d.db, d.c, d.createShard, &EachShardOptions{Shards: shards, Progress: progress})
 	return errors.Join(append(errs, res.Err())...)
 }
 

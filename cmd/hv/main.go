@@ -185,7 +185,18 @@ func (c *cli) initCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	defer ds.Close()
-	if err := ds.CreateShards(ctx); err != nil {
+	var progress func(done, total, shard int, err error)
+	if isTerminal(c.stdout) {
+		progress = func(done, total, _ int, _ error) {
+			const width = 30
+			bar := strings.Repeat("#", done*width/total) + strings.Repeat(".", width-done*width/total)
+			fmt.Fprintf(c.stdout, "\rcreating shards [%s] %d/%d", bar, done, total)
+			if done == total {
+				fmt.Fprintln(c.stdout)
+			}
+		}
+	}
+	if err := ds.CreateShardsProgress(ctx, progress); err != nil {
 		return err
 	}
 	if err := ds.CheckLayout(ctx); err != nil {
@@ -198,6 +209,17 @@ func (c *cli) initCmd(ctx context.Context, args []string) error {
 	}
 	fmt.Fprintf(c.stdout, "%d shards ready; key epoch %s\n", n, ds.Layout().Epoch().Format(time.RFC3339Nano))
 	return nil
+}
+
+// isTerminal reports whether w is a terminal (a character device), where
+// a progress bar can redraw itself.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
 
 // oneArg returns a command's single argument.
@@ -336,9 +358,11 @@ func (c *cli) statusCmd(ctx context.Context, args []string) error {
 	var down int
 	for _, h := range ds.Connector().Stats() {
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		start := time.Now()
 		err := ds.DB().PingContext(hv.WithShard(pctx, h.Shards.Start))
+		took := time.Since(start)
 		cancel()
-		state := "up"
+		state := fmt.Sprintf("up, ping %v", took.Round(10*time.Microsecond))
 		if err != nil {
 			state = "DOWN: " + err.Error()
 			down++

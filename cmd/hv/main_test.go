@@ -162,7 +162,7 @@ func TestInitPutGetStatus(t *testing.T) {
 	}
 
 	code, out, errOut = runCLI(t, "status")
-	if code != 0 || strings.Count(out, "  up") != 2 || !strings.Contains(out, "shards 1-8 (8)") || !strings.Contains(out, "shards 9-16 (8)") {
+	if code != 0 || strings.Count(out, "  up, ping ") != 2 || !strings.Contains(out, "shards 1-8 (8)") || !strings.Contains(out, "shards 9-16 (8)") {
 		t.Errorf("status: exit %d\n%s%s", code, out, errOut)
 	}
 }
