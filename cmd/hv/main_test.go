@@ -289,7 +289,7 @@ func TestDemoInterrupted(t *testing.T) {
 	if err == nil && !strings.Contains(out.String(), "Pool statistics") {
 		t.Error("the interrupted demo exited 0")
 	}
-	if err != nil && !strings.Contains(stderr.String(), "context canceled") {
+	if err != nil && !strings.Contains(stderr.String(), "hv demo: interrupted") {
 		t.Errorf("stderr %q should say the demo was cancelled", stderr.String())
 	}
 }
