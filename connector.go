@@ -210,8 +210,10 @@ func (c *Connector) innerConnector(connString string) (driver.Connector, error) 
 // redactErr returns err's text with the host's password removed.
 func redactErr(err error, hc *HostConfig) string {
 	msg := err.Error()
-	if pw := hc.Params["password"]; pw != "" {
-		msg = strings.ReplaceAll(msg, pw, "xxxxx")
+	for k := range secretParams {
+		if pw := hc.Params[k]; pw != "" {
+			msg = strings.ReplaceAll(msg, pw, redactedSecret)
+		}
 	}
 	return msg
 }
