@@ -28,7 +28,9 @@ demo:
 $(BENCHSTAT):
 	$(GO) install golang.org/x/perf/cmd/benchstat@latest
 
-## bench: routed point SELECTs against direct pgx, medians and ratios side by side
+## bench: routed point SELECTs against direct pgx (fixed shard; random of 16
+## with 1 and 8 goroutines; random of 256) and fan-out against one shard,
+## medians and ratios side by side
 bench: $(BENCHSTAT)
-	$(GO) test -run '^$$' -bench 'PointSelect' -benchmem -benchtime $(BENCHTIME) -count $(COUNT) . | tee bench.out
+	$(GO) test -run '^$$' -bench 'PointSelect|RandomShard|FanOut$$' -benchmem -benchtime $(BENCHTIME) -count $(COUNT) . | tee bench.out
 	$(BENCHSTAT) -col /via bench.out

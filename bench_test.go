@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"runtime/metrics"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -101,6 +102,76 @@ func BenchmarkPointSelect(b *testing.B) {
 	b.Run("via=hv-random16", func(b *testing.B) {
 		run(b, hv, connector, "SELECT shard FROM t WHERE id = $1", func(r *rand.Rand) context.Context { return shards[r.IntN(16)] })
 	})
+}
+
+// BenchmarkRandomShard is the performance issue's table: a point SELECT on a
+// random shard of 16 (8 per host, 1 and 8 goroutines) and of 256 (128 per
+// host, far more shards than connections), through hv and directly through
+// pgx on the same servers (schema-qualified, one *sql.DB per server, the
+// same pool_max). Compare with `benchstat -col /via`.
+func BenchmarkRandomShard(b *testing.B) {
+	for _, tc := range []struct{ shards, goroutines int }{{16, 1}, {16, 8}, {256, 1}} {
+		b.Run(fmt.Sprintf("shards=%d/g=%d", tc.shards, tc.goroutines), func(b *testing.B) {
+			f := newTestFleet(b, fleetOptions{global: "pool_max=10", perHost: tc.shards / 2})
+			ctx := context.Background()
+			var direct [2]*sql.DB
+			for i := range direct {
+				d, err := sql.Open("pgx", f.hosts[i])
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer d.Close()
+				d.SetMaxOpenConns(10)
+				d.SetMaxIdleConns(10)
+				direct[i] = d
+			}
+			_, connector, hv := f.connect(b)
+			hv.SetMaxIdleConns(20)
+			qualified := make([]string, tc.shards+1)
+			routed := make([]context.Context, tc.shards+1)
+			for s := 1; s <= tc.shards; s++ {
+				qualified[s] = fmt.Sprintf("SELECT shard FROM shard%04d.t WHERE id = $1", s)
+				routed[s] = WithShard(ctx, s)
+			}
+			run := func(b *testing.B, stmt func(r *rand.Rand, s int) error) {
+				b.ReportAllocs()
+				if tc.goroutines == 1 {
+					r := rand.New(rand.NewPCG(1, 2))
+					for b.Loop() {
+						if err := stmt(r, 1+r.IntN(tc.shards)); err != nil {
+							b.Fatal(err)
+						}
+					}
+					return
+				}
+				b.SetParallelism(max(1, tc.goroutines/runtime.GOMAXPROCS(0)))
+				var seed atomic.Uint64
+				b.RunParallel(func(pb *testing.PB) {
+					r := rand.New(rand.NewPCG(seed.Add(1), 2))
+					for pb.Next() {
+						if err := stmt(r, 1+r.IntN(tc.shards)); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			b.Run("via=direct", func(b *testing.B) {
+				run(b, func(r *rand.Rand, s int) error {
+					var got int
+					return direct[(s-1)/(tc.shards/2)].QueryRowContext(ctx, qualified[s], 0).Scan(&got)
+				})
+			})
+			b.Run("via=hv", func(b *testing.B) {
+				before := switches(connector)
+				run(b, func(r *rand.Rand, s int) error {
+					var got int
+					return hv.QueryRowContext(routed[s], "SELECT shard FROM t WHERE id = $1", 0).Scan(&got)
+				})
+				b.ReportMetric(float64(switches(connector)-before)/float64(b.N), "switches/op")
+			})
+		})
+	}
 }
 
 // switches returns the search_path switches c sent so far (0 for nil).

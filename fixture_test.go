@@ -17,12 +17,14 @@ type fleetOptions struct {
 	sameServer bool   // the two hosts are two databases of one server
 	driver     string // inner driver: "pgx" or "postgres"
 	global     string // extra global DSN options, e.g. "pool_max=1"
+	perHost    int    // shards per host (default 8): 1..n on the first, n+1..2n on the second
 }
 
 type testFleet struct {
-	dsn   string
-	hosts []string // libpq keywords of each host's database
-	ports []int
+	dsn     string
+	perHost int
+	hosts   []string // libpq keywords of each host's database
+	ports   []int
 }
 
 // newTestFleet creates the two hosts' databases, each shard's schema with a
@@ -38,7 +40,12 @@ func newTestFleet(t testing.TB, o fleetOptions) *testFleet {
 		servers = pgtest.Servers(t, 2)
 	}
 	f := &testFleet{}
-	ranges := []ShardRange{{1, 9}, {9, 17}}
+	n := o.perHost
+	if n == 0 {
+		n = 8
+	}
+	f.perHost = n
+	ranges := []ShardRange{{1, n + 1}, {n + 1, 2*n + 1}}
 	var segs []string
 	for i, s := range servers {
 		kw := s.CreateDatabase(t)
@@ -123,7 +130,7 @@ func whereAmI(ctx context.Context, q interface {
 func (f *testFleet) expect(t testing.TB, shard int) where {
 	t.Helper()
 	i := 0
-	if shard >= 9 {
+	if shard > f.perHost {
 		i = 1
 	}
 	db := dbName(f.hosts[i])
