@@ -34,3 +34,11 @@ $(BENCHSTAT):
 bench: $(BENCHSTAT)
 	$(GO) test -run '^$$' -bench 'PointSelect|RandomShard|FanOut$$' -benchmem -benchtime $(BENCHTIME) -count $(COUNT) . | tee bench.out
 	$(BENCHSTAT) -col /via bench.out
+
+FUZZTIME ?= 10s
+
+## fuzz: each fuzz target for FUZZTIME (the DSN parser, the hstore parser,
+## which also compares with PostgreSQL, and ParseKey)
+fuzz:
+	for f in FuzzParseConfig FuzzHstore FuzzParseKey; do \
+		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) . || exit 1; done
