@@ -4,7 +4,7 @@ BENCHTIME ?= 2000x
 COUNT     ?= 10
 BENCHSTAT  = $(shell $(GO) env GOPATH)/bin/benchstat
 
-.PHONY: test fmt vet demo bench fuzz
+.PHONY: test fmt vet demo bench fuzz soak
 
 EXAMPLES = examples/gorm examples/bun
 
@@ -42,3 +42,10 @@ FUZZTIME ?= 10s
 fuzz:
 	for f in FuzzParseConfig FuzzHstore FuzzParseKey; do \
 		$(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime $(FUZZTIME) . || exit 1; done
+
+SOAK_N ?= 1000000
+
+## soak: SOAK_N routed statements over 16 shards on two servers with random
+## cancellations (about 2 min per million on 2 cores); not part of make test
+soak:
+	HV_SOAK=1 HV_SOAK_N=$(SOAK_N) $(GO) test -run '^TestSoak$$' -count=1 -v -timeout 30m .

@@ -19,6 +19,19 @@ const (
 	DefaultDriver           = "pgx"
 )
 
+// Pool modes (Config.PoolMode, DSN pool_mode).
+const (
+	// PoolModeSession, the default, sets search_path once per physical
+	// connection and remembers it: for direct connections and for PgBouncer
+	// in session pooling mode.
+	PoolModeSession = "session"
+	// PoolModeTransaction sets the schema inside every transaction (SET
+	// LOCAL) and keeps no session state: for PgBouncer (or any pooler) in
+	// transaction pooling mode, where consecutive transactions of one client
+	// connection may run on different server connections.
+	PoolModeTransaction = "transaction"
+)
+
 // ShardRange is the half-open range [Start, End) of logical shards a host owns.
 // In a DSN it is written "Start-End": shards=1-9 is shards 1 through 8.
 type ShardRange struct {
@@ -81,6 +94,9 @@ type Config struct {
 	// neighbours; waiting for the cap counts against PoolBlockTimeout. Zero
 	// means no cap beyond the host's pool_max.
 	ShardMax int
+	// PoolMode is PoolModeSession (also when empty) or PoolModeTransaction;
+	// see the DSN option pool_mode.
+	PoolMode string
 	// Logger, when set, receives each statement at Debug level (shard, host,
 	// duration) and pool timeouts at Warn level.
 	Logger *slog.Logger
@@ -95,7 +111,7 @@ var secretParams = map[string]bool{"password": true, "sslpassword": true}
 
 // dsnGlobalKeys are the options of a segment without shards=, in the order
 // errors list them.
-var dsnGlobalKeys = []string{"pool_max", "pool_block_timeout", "driver", "schema", "epoch", "num_shards", "shard_max"}
+var dsnGlobalKeys = []string{"pool_max", "pool_block_timeout", "driver", "schema", "epoch", "num_shards", "shard_max", "pool_mode"}
 
 // libpqKeywords are the connection keywords libpq documents (plus the "database"
 // alias). Unknown keywords are passed through too; this list only serves
@@ -141,8 +157,12 @@ var libpqKeywords = map[string]bool{
 // pool_block_timeout (default 5s; a bare number is seconds, or a Go duration
 // such as 300ms; 0 means fail at once when no connection is free), driver
 // ("pgx", the default, or "postgres" for lib/pq), schema (the schema name
-// pattern, default "shard%04d") and epoch (milliseconds since 1970-01-01 UTC,
-// or an RFC 3339 time).
+// pattern, default "shard%04d"), epoch (milliseconds since 1970-01-01 UTC,
+// or an RFC 3339 time) and pool_mode ("session", the default, or
+// "transaction" for hosts behind PgBouncer in transaction pooling mode: hv
+// then sets the schema with SET LOCAL inside every transaction, keeps no
+// session state and makes pgx use unnamed statements, default_query_exec_mode=exec;
+// it needs driver pgx).
 //
 // On failure ParseConfig returns nil and an error wrapping ErrBadConfig that
 // names the offending segment by its 1-based number (counting empty
@@ -239,6 +259,7 @@ func (c *Config) Validate() error {
 				"pool_max": "PoolMax", "pool_block_timeout": "PoolBlockTimeout",
 				"driver": "Driver", "schema": "SchemaPattern", "epoch": "Epoch",
 				"num_shards": "NumShards", "shard_max": "ShardMax",
+				"pool_mode": "PoolMode",
 			}[key]}
 		},
 	})
@@ -275,6 +296,15 @@ func (c *Config) validate(where cfgPlaces) error {
 	if c.Driver != "pgx" && c.Driver != "postgres" {
 		return where.global("driver").errorf("driver %q is not supported: use pgx or postgres", c.Driver)
 	}
+	switch c.PoolMode {
+	case "", PoolModeSession:
+	case PoolModeTransaction:
+		if c.Driver != "pgx" {
+			return where.global("pool_mode").errorf("pool_mode transaction needs driver pgx, not %q", c.Driver)
+		}
+	default:
+		return where.global("pool_mode").errorf("pool_mode %q is not supported: use session or transaction", c.PoolMode)
+	}
 	if msg := checkSchemaPattern(c.SchemaPattern); msg != "" {
 		return where.global("schema").errorf("schema pattern %q %s", c.SchemaPattern, msg)
 	}
@@ -302,6 +332,9 @@ func (c *Config) validate(where cfgPlaces) error {
 		}
 		if h.PoolMax < 0 {
 			return where.host(i).errorf("pool_max %d is negative", h.PoolMax)
+		}
+		if m, ok := h.Params["default_query_exec_mode"]; ok && c.PoolMode == PoolModeTransaction && !txModeExecModes[m] {
+			return where.host(i).errorf("default_query_exec_mode %q cannot work with pool_mode transaction: use exec, simple_protocol or describe_exec", m)
 		}
 		for _, k := range sortedParamKeys(h.Params) {
 			if msg := checkHostParam(k, h.Params[k]); msg != "" {
@@ -516,6 +549,9 @@ func (c *Config) String() string {
 	}
 	if c.SchemaPattern != "" {
 		g = append(g, "schema="+dsnQuote(c.SchemaPattern, false))
+	}
+	if c.PoolMode != "" {
+		g = append(g, "pool_mode="+dsnQuote(c.PoolMode, false))
 	}
 	if !c.Epoch.IsZero() {
 		ms := c.Epoch.UnixMilli()
@@ -744,6 +780,8 @@ func (s *dsnSegment) global(cfg *Config, p *dsnPair) error {
 		} else {
 			cfg.ShardMax = n
 		}
+	case p.key == "pool_mode":
+		cfg.PoolMode = p.val
 	case p.key == "epoch":
 		t, err := dsnEpoch(p.val)
 		if err != nil {

@@ -276,6 +276,11 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		if err := c.useSchema(ctx, pc); err != nil {
 			return err
 		}
+		if pc.txMode {
+			var err error
+			itx, err = pc.beginLocal(ctx, opts)
+			return err
+		}
 		b, ok := pc.Conn.(driver.ConnBeginTx)
 		if !ok {
 			return errors.New("hv: inner driver connection does not implement ConnBeginTx")

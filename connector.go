@@ -168,6 +168,10 @@ func (c *Connector) openHost(hc *HostConfig) (*hostPool, error) {
 	if _, ok := params["application_name"]; !ok {
 		params["application_name"] = "hv"
 	}
+	txMode := c.cfg.PoolMode == PoolModeTransaction
+	if _, ok := params["default_query_exec_mode"]; !ok && txMode {
+		params["default_query_exec_mode"] = "exec" // no named statements
+	}
 	inner := HostConfig{Shards: hc.Shards, Params: params}
 	name := hc.Name()
 
@@ -183,7 +187,7 @@ func (c *Connector) openHost(hc *HostConfig) (*hostPool, error) {
 		blockTimeout: c.cfg.PoolBlockTimeout,
 		logger:       c.cfg.Logger,
 	}
-	h.db = sql.OpenDB(trackingConnector{inner: ic, switches: &h.switches})
+	h.db = sql.OpenDB(trackingConnector{inner: ic, switches: &h.switches, txMode: txMode})
 	h.db.SetMaxOpenConns(poolMax)
 	h.db.SetMaxIdleConns(poolMax)
 	return h, nil

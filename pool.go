@@ -199,12 +199,23 @@ func (h *hostPool) take(ctx context.Context, sem chan struct{}, shard int, waite
 // shard affinity if it is healthy and not in a transaction, and the inner
 // pool gets it otherwise (or has already discarded it).
 func (h *hostPool) release(c *sql.Conn, shard int) {
-	schema, keep := "", false
-	_ = c.Raw(func(dc any) error { // sql.ErrConnDone when already discarded
+	schema, keep, broken := "", false, false
+	if err := c.Raw(func(dc any) error {
 		pc := dc.(*physConn)
 		schema, keep = pc.schema, pc.reusable()
+		broken = !keep && pc.closed()
 		return nil
-	})
+	}); err != nil {
+		broken = true // sql.ErrConnDone: already discarded as bad
+	}
+	if broken {
+		// The server closed this connection (restart, failover,
+		// pg_terminate_backend): those hv keeps idle are likely gone too,
+		// and a dead connection is only noticed on use, so they are not
+		// handed out again. The inner pool pings a connection that has been
+		// idle a second or more before handing it out.
+		h.purgeIdle()
+	}
 	if keep {
 		h.mu.Lock()
 		if !h.closed && !h.retired {
@@ -239,6 +250,22 @@ func (h *hostPool) closeIfRetiredAndIdle() {
 	if done {
 		_ = h.close()
 	}
+}
+
+// purgeIdle discards every idle connection of the host: those hv keeps
+// and those of the inner pool (whose health check only pings a connection
+// that has not been handed out for a second).
+func (h *hostPool) purgeIdle() {
+	h.mu.Lock()
+	idle := h.idle
+	h.idle = nil
+	h.mu.Unlock()
+	for _, ic := range idle {
+		discard(ic.conn)
+		_ = ic.conn.Close()
+	}
+	h.db.SetMaxIdleConns(-1) // closes the inner pool's idle connections
+	h.db.SetMaxIdleConns(h.poolMax)
 }
 
 // flush gives connections idle for affinityIdle or longer back to the inner
@@ -317,11 +344,20 @@ type physConn struct {
 	schema string
 	// switches counts the host's search_path switches.
 	switches *atomic.Int64
+	// txMode is pool_mode=transaction (txmode.go): no session-level SET, no
+	// schema remembered; pending is the schema useSchema named for the next
+	// statement outside a transaction, which sets it with SET LOCAL.
+	txMode  bool
+	pending string
 }
 
 // useSchema sets search_path with setPath unless the session is known to be
 // on schema already. What it remembers is set only after a successful switch.
 func (p *physConn) useSchema(ctx context.Context, schema, setPath string, sc *shardCounters) error {
+	if p.txMode {
+		p.pending = schema
+		return nil
+	}
 	if p.schema == schema {
 		return nil
 	}
@@ -347,6 +383,14 @@ func (p *physConn) reusable() bool {
 		return !pg.IsClosed() && pg.TxStatus() == 'I'
 	}
 	return p.IsValid()
+}
+
+// closed reports whether the connection is known to be closed.
+func (p *physConn) closed() bool {
+	if sc, ok := p.Conn.(*stdlib.Conn); ok {
+		return sc.Conn().PgConn().IsClosed()
+	}
+	return !p.IsValid()
 }
 
 // ResetSession forwards the inner pool's health check to the inner driver.
@@ -397,6 +441,7 @@ func (p *physConn) convert(args []driver.NamedValue) ([]driver.NamedValue, error
 type trackingConnector struct {
 	inner    driver.Connector
 	switches *atomic.Int64
+	txMode   bool
 }
 
 func (t trackingConnector) Connect(ctx context.Context) (driver.Conn, error) {
@@ -404,7 +449,7 @@ func (t trackingConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &physConn{Conn: c, switches: t.switches}, nil
+	return &physConn{Conn: c, switches: t.switches, txMode: t.txMode}, nil
 }
 
 func (t trackingConnector) Driver() driver.Driver { return t.inner.Driver() }
@@ -424,6 +469,9 @@ func (p *physConn) query(ctx context.Context, query string, args []driver.NamedV
 	q, ok := p.Conn.(driver.QueryerContext)
 	if !ok {
 		return nil, errors.New("hv: inner driver connection does not implement QueryerContext")
+	}
+	if p.txMode && !inTx {
+		return p.queryLocal(ctx, q, query, nargs)
 	}
 	if changesSearchPath(query) {
 		p.schema = ""
@@ -447,6 +495,9 @@ func (p *physConn) exec(ctx context.Context, query string, args []driver.NamedVa
 	ex, ok := p.Conn.(driver.ExecerContext)
 	if !ok {
 		return nil, errors.New("hv: inner driver connection does not implement ExecerContext")
+	}
+	if p.txMode && !inTx {
+		return p.execLocal(ctx, ex, query, nargs)
 	}
 	if changesSearchPath(query) {
 		p.schema = ""

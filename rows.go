@@ -3,6 +3,7 @@ package hv
 import (
 	"database/sql"
 	"database/sql/driver"
+	"fmt"
 	"io"
 	"reflect"
 )
@@ -29,7 +30,19 @@ var (
 func (r *rows) Columns() []string { return r.inner.Columns() }
 
 func (r *rows) Next(dest []driver.Value) error {
-	return r.phys.Raw(func(any) error { return r.inner.Next(dest) })
+	err := r.phys.Raw(func(any) error { return r.inner.Next(dest) })
+	if err == nil || err == io.EOF {
+		return err
+	}
+	return r.wrap(err)
+}
+
+// wrap names the shard and host in an error of the rows.
+func (r *rows) wrap(err error) error {
+	if err == nil || r.c.host == nil {
+		return err
+	}
+	return fmt.Errorf("hv: shard %d on host %s: %w", r.c.shard, r.c.host.name, err)
 }
 
 func (r *rows) Close() error {
@@ -40,13 +53,13 @@ func (r *rows) Close() error {
 	if r.c.rows == r {
 		r.c.rows = nil
 	}
-	return r.phys.Raw(func(dc any) error {
+	return r.wrap(r.phys.Raw(func(dc any) error {
 		err := r.inner.Close()
 		if err != nil {
 			dc.(*physConn).schema = ""
 		}
 		return err
-	})
+	}))
 }
 
 func (r *rows) ColumnTypeDatabaseTypeName(i int) string {
