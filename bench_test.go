@@ -114,17 +114,7 @@ func BenchmarkRandomShard(b *testing.B) {
 		b.Run(fmt.Sprintf("shards=%d/g=%d", tc.shards, tc.goroutines), func(b *testing.B) {
 			f := newTestFleet(b, fleetOptions{global: "pool_max=10", perHost: tc.shards / 2})
 			ctx := context.Background()
-			var direct [2]*sql.DB
-			for i := range direct {
-				d, err := sql.Open("pgx", f.hosts[i])
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer d.Close()
-				d.SetMaxOpenConns(10)
-				d.SetMaxIdleConns(10)
-				direct[i] = d
-			}
+			direct := f.directDBs(b, 10)
 			_, connector, hv := f.connect(b)
 			hv.SetMaxIdleConns(20)
 			qualified := make([]string, tc.shards+1)
@@ -174,6 +164,23 @@ func BenchmarkRandomShard(b *testing.B) {
 	}
 }
 
+// directDBs opens the fleet's two databases directly through pgx, with
+// poolMax connections each, closed when b ends.
+func (f *testFleet) directDBs(b *testing.B, poolMax int) [2]*sql.DB {
+	var direct [2]*sql.DB
+	for i := range direct {
+		d, err := sql.Open("pgx", f.hosts[i])
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { d.Close() })
+		d.SetMaxOpenConns(poolMax)
+		d.SetMaxIdleConns(poolMax)
+		direct[i] = d
+	}
+	return direct
+}
+
 // switches returns the search_path switches c sent so far (0 for nil).
 func switches(c *Connector) int64 {
 	var n int64
@@ -215,17 +222,7 @@ func BenchmarkFanOut(b *testing.B) {
 
 	// The floor on this machine: the same 16 queries sent directly through
 	// pgx from 16 goroutines (schema-qualified, no routing, no merging).
-	var direct [2]*sql.DB
-	for i := range direct {
-		d, err := sql.Open("pgx", f.hosts[i])
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer d.Close()
-		d.SetMaxOpenConns(10)
-		d.SetMaxIdleConns(10)
-		direct[i] = d
-	}
+	direct := f.directDBs(b, 10)
 	b.Run("via=direct-parallel16", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {

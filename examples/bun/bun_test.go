@@ -22,101 +22,24 @@ import (
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
 
 // fleet is shards 1-8 on one PostgreSQL server and 9-16 on another, each
-// shard an empty schema.
-type fleet struct {
-	dsn   string
-	hosts []string // libpq keywords of each host's database
-}
+// shard an empty schema (pgtest.NewFleet).
+type fleet struct{ *pgtest.Fleet }
 
 var ranges = []hv.ShardRange{{Start: 1, End: 9}, {Start: 9, End: 17}}
 
-// newFleet creates the fleet; hostParams are added to each host's segment,
-// global to the DSN's global options.
 func newFleet(t *testing.T, hostParams, global string) *fleet {
-	return newFleetSchemas(t, hostParams, global, true)
+	return &fleet{pgtest.NewFleet(t, hostParams, global, true)}
 }
 
 // newFleetSchemas is newFleet, leaving the shards' schemas for the code
 // under test to create when schemas is false.
 func newFleetSchemas(t *testing.T, hostParams, global string, schemas bool) *fleet {
-	t.Helper()
-	f := &fleet{}
-	var segs []string
-	for i, s := range pgtest.Servers(t, 2) {
-		kw := s.CreateDatabase(t)
-		f.hosts = append(f.hosts, kw)
-		var ddl strings.Builder
-		for n := ranges[i].Start; n < ranges[i].End; n++ {
-			fmt.Fprintf(&ddl, "CREATE SCHEMA shard%04d;", n)
-		}
-		if schemas {
-			f.exec(t, i, ddl.String())
-		}
-		segs = append(segs, fmt.Sprintf("shards=%s %s %s", ranges[i], kw, hostParams))
-	}
-	if global != "" {
-		segs = append(segs, global)
-	}
-	f.dsn = strings.Join(segs, "; ")
-	return f
-}
-
-// direct opens a plain pgx connection to host i, bypassing hv.
-func (f *fleet) direct(t *testing.T, i int) *pgx.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := pgx.Connect(ctx, f.hosts[i])
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(context.Background()) })
-	return c
-}
-
-func (f *fleet) exec(t *testing.T, host int, sql string) {
-	t.Helper()
-	if _, err := f.direct(t, host).Exec(context.Background(), sql); err != nil {
-		t.Fatalf("host %d: %v", host, err)
-	}
-}
-
-func hostOf(shard int) int {
-	if shard >= ranges[1].Start {
-		return 1
-	}
-	return 0
-}
-
-// rowsOn counts the rows of shard's users table matching where, read
-// directly from the shard's schema on its own server.
-func (f *fleet) rowsOn(t *testing.T, shard int, where string, args ...any) int {
-	t.Helper()
-	var n int
-	q := fmt.Sprintf("SELECT count(*) FROM shard%04d.users WHERE %s", shard, where)
-	if err := f.direct(t, hostOf(shard)).QueryRow(context.Background(), q, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", q, err)
-	}
-	return n
-}
-
-// placement returns, for every shard holding rows matching where, how many.
-func (f *fleet) placement(t *testing.T, where string, args ...any) map[int]int {
-	t.Helper()
-	m := map[int]int{}
-	for _, r := range ranges {
-		for n := r.Start; n < r.End; n++ {
-			if c := f.rowsOn(t, n, where, args...); c > 0 {
-				m[n] = c
-			}
-		}
-	}
-	return m
+	return &fleet{pgtest.NewFleet(t, hostParams, global, schemas)}
 }
 
 func (f *fleet) open(t *testing.T) (*bun.DB, *hv.Connector) {
 	t.Helper()
-	cfg, err := hv.ParseConfig(f.dsn)
+	cfg, err := hv.ParseConfig(f.DSN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,7 +87,7 @@ func testBun(t *testing.T, f *fleet, db *bun.DB, connector *hv.Connector) {
 		}
 	}
 	for i, r := range ranges {
-		rows, err := f.direct(t, i).Query(ctx, `SELECT table_schema FROM information_schema.tables
+		rows, err := f.Direct(t, i).Query(ctx, `SELECT table_schema FROM information_schema.tables
 			WHERE table_name = 'users' ORDER BY table_schema`)
 		if err != nil {
 			t.Fatal(err)
@@ -201,10 +124,10 @@ func testBun(t *testing.T, f *fleet, db *bun.DB, connector *hv.Connector) {
 			t.Fatalf("%s: created_at not returned", u.Email)
 		}
 	}
-	if got, want := f.placement(t, "true"), map[int]int{3: 1, 12: 1, 16: 1}; !maps.Equal(got, want) {
+	if got, want := f.Placement(t, "users", "true"), map[int]int{3: 1, 12: 1, 16: 1}; !maps.Equal(got, want) {
 		t.Fatalf("rows per shard %v, want %v", got, want)
 	}
-	if n := f.rowsOn(t, 12, "id = $1 AND email = $2", int64(b.ID), b.Email); n != 1 {
+	if n := f.RowsOn(t, "users", 12, "id = $1 AND email = $2", int64(b.ID), b.Email); n != 1 {
 		t.Fatalf("shard0012.users has %d rows for b, want 1", n)
 	}
 	// The same key on every shard: the row is found only on its own.
@@ -226,7 +149,7 @@ func testBun(t *testing.T, f *fleet, db *bun.DB, connector *hv.Connector) {
 	if _, err := db.NewUpdate().Model(&b).WherePK().Exec(hv.WithKey(ctx, b.ID)); err != nil {
 		t.Fatal(err)
 	}
-	if n := f.rowsOn(t, 12, "name = 'Barbara'"); n != 1 {
+	if n := f.RowsOn(t, "users", 12, "name = 'Barbara'"); n != 1 {
 		t.Fatal("update on shard 12 not found there")
 	}
 
@@ -249,7 +172,7 @@ func testBun(t *testing.T, f *fleet, db *bun.DB, connector *hv.Connector) {
 	if !errors.Is(err, rollback) {
 		t.Fatalf("RunInTx: %v", err)
 	}
-	if n := f.rowsOn(t, 5, "true"); n != 0 {
+	if n := f.RowsOn(t, "users", 5, "true"); n != 0 {
 		t.Fatalf("rolled-back rows on shard 5: %d", n)
 	}
 	err = db.RunInTx(sctx, nil, func(ctx context.Context, tx bun.Tx) error {
@@ -273,7 +196,7 @@ func testBun(t *testing.T, f *fleet, db *bun.DB, connector *hv.Connector) {
 	if _, err := db.NewInsert().Model(&u).Exec(ctx); !errors.Is(err, hv.ErrNoShard) {
 		t.Fatalf("insert without shard: %v, want ErrNoShard", err)
 	}
-	if got := f.placement(t, "email LIKE 't%'"); !maps.Equal(got, map[int]int{5: 1}) {
+	if got := f.Placement(t, "users", "email LIKE 't%'"); !maps.Equal(got, map[int]int{5: 1}) {
 		t.Fatalf("transaction rows per shard %v, want only t3 on shard 5", got)
 	}
 
@@ -319,7 +242,7 @@ func testBun(t *testing.T, f *fleet, db *bun.DB, connector *hv.Connector) {
 	if _, err := db.NewDelete().Model(&c).WherePK().Exec(hv.WithKey(ctx, c.ID)); err != nil {
 		t.Fatal(err)
 	}
-	if got := f.placement(t, "true"); !maps.Equal(got, map[int]int{12: 1}) {
+	if got := f.Placement(t, "users", "true"); !maps.Equal(got, map[int]int{12: 1}) {
 		t.Fatalf("after deletes, rows per shard %v, want only b on shard 12", got)
 	}
 }
@@ -330,7 +253,7 @@ func TestRun(t *testing.T) {
 	f := newFleetSchemas(t, "", "", false) // run creates the schemas
 	for range 2 {
 		var out bytes.Buffer
-		if err := run(context.Background(), f.dsn, &out); err != nil {
+		if err := run(context.Background(), f.DSN, &out); err != nil {
 			t.Fatalf("run: %v\n%s", err, out.String())
 		}
 		t.Logf("output:\n%s", out.String())
@@ -347,7 +270,7 @@ func TestRun(t *testing.T) {
 				if email == "donald@example.com" {
 					want = 0 // deleted later in the run
 				}
-				if n := f.rowsOn(t, shard, "email = $1", email); n != want {
+				if n := f.RowsOn(t, "users", shard, "email = $1", email); n != want {
 					t.Errorf("%s: %d rows in %s, want %d", email, n, schema, want)
 				}
 			}

@@ -21,101 +21,24 @@ import (
 func TestMain(m *testing.M) { pgtest.Main(m, nil) }
 
 // fleet is shards 1-8 on one PostgreSQL server and 9-16 on another, each
-// shard an empty schema.
-type fleet struct {
-	dsn   string
-	hosts []string // libpq keywords of each host's database
-}
+// shard an empty schema (pgtest.NewFleet).
+type fleet struct{ *pgtest.Fleet }
 
 var ranges = []hv.ShardRange{{Start: 1, End: 9}, {Start: 9, End: 17}}
 
-// newFleet creates the fleet; hostParams are added to each host's segment,
-// global to the DSN's global options.
 func newFleet(t *testing.T, hostParams, global string) *fleet {
-	return newFleetSchemas(t, hostParams, global, true)
+	return &fleet{pgtest.NewFleet(t, hostParams, global, true)}
 }
 
 // newFleetSchemas is newFleet, leaving the shards' schemas for the code
 // under test to create when schemas is false.
 func newFleetSchemas(t *testing.T, hostParams, global string, schemas bool) *fleet {
-	t.Helper()
-	f := &fleet{}
-	var segs []string
-	for i, s := range pgtest.Servers(t, 2) {
-		kw := s.CreateDatabase(t)
-		f.hosts = append(f.hosts, kw)
-		var ddl strings.Builder
-		for n := ranges[i].Start; n < ranges[i].End; n++ {
-			fmt.Fprintf(&ddl, "CREATE SCHEMA shard%04d;", n)
-		}
-		if schemas {
-			f.exec(t, i, ddl.String())
-		}
-		segs = append(segs, fmt.Sprintf("shards=%s %s %s", ranges[i], kw, hostParams))
-	}
-	if global != "" {
-		segs = append(segs, global)
-	}
-	f.dsn = strings.Join(segs, "; ")
-	return f
-}
-
-// direct opens a plain pgx connection to host i, bypassing hv.
-func (f *fleet) direct(t *testing.T, i int) *pgx.Conn {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := pgx.Connect(ctx, f.hosts[i])
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close(context.Background()) })
-	return c
-}
-
-func (f *fleet) exec(t *testing.T, host int, sql string) {
-	t.Helper()
-	if _, err := f.direct(t, host).Exec(context.Background(), sql); err != nil {
-		t.Fatalf("host %d: %v", host, err)
-	}
-}
-
-func hostOf(shard int) int {
-	if shard >= ranges[1].Start {
-		return 1
-	}
-	return 0
-}
-
-// rowsOn counts the rows of shard's users table matching where, read
-// directly from the shard's schema on its own server.
-func (f *fleet) rowsOn(t *testing.T, shard int, where string, args ...any) int {
-	t.Helper()
-	var n int
-	q := fmt.Sprintf("SELECT count(*) FROM shard%04d.users WHERE %s", shard, where)
-	if err := f.direct(t, hostOf(shard)).QueryRow(context.Background(), q, args...).Scan(&n); err != nil {
-		t.Fatalf("%s: %v", q, err)
-	}
-	return n
-}
-
-// placement returns, for every shard holding rows matching where, how many.
-func (f *fleet) placement(t *testing.T, where string, args ...any) map[int]int {
-	t.Helper()
-	m := map[int]int{}
-	for _, r := range ranges {
-		for n := r.Start; n < r.End; n++ {
-			if c := f.rowsOn(t, n, where, args...); c > 0 {
-				m[n] = c
-			}
-		}
-	}
-	return m
+	return &fleet{pgtest.NewFleet(t, hostParams, global, schemas)}
 }
 
 func (f *fleet) open(t *testing.T, cfg *gorm.Config) (*gorm.DB, *hv.Connector) {
 	t.Helper()
-	hcfg, err := hv.ParseConfig(f.dsn)
+	hcfg, err := hv.ParseConfig(f.DSN)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +113,7 @@ func testGORM(t *testing.T, f *fleet, db *gorm.DB, connector *hv.Connector) {
 		t.Fatal(err)
 	}
 	for i, r := range ranges {
-		rows, err := f.direct(t, i).Query(ctx, `SELECT table_schema FROM information_schema.columns
+		rows, err := f.Direct(t, i).Query(ctx, `SELECT table_schema FROM information_schema.columns
 			WHERE table_name = 'users' AND column_name = 'bio' ORDER BY table_schema`)
 		if err != nil {
 			t.Fatal(err)
@@ -232,10 +155,10 @@ func testGORM(t *testing.T, f *fleet, db *gorm.DB, connector *hv.Connector) {
 			t.Fatalf("create %s: %v", u.Email, err)
 		}
 	}
-	if got, want := f.placement(t, "true"), map[int]int{3: 1, 12: 1, 16: 1}; !mapsEqual(got, want) {
+	if got, want := f.Placement(t, "users", "true"), map[int]int{3: 1, 12: 1, 16: 1}; !mapsEqual(got, want) {
 		t.Fatalf("rows per shard %v, want %v", got, want)
 	}
-	if n := f.rowsOn(t, 12, "id = $1 AND email = $2", int64(b.ID), b.Email); n != 1 {
+	if n := f.RowsOn(t, "users", 12, "id = $1 AND email = $2", int64(b.ID), b.Email); n != 1 {
 		t.Fatalf("shard0012.users has %d rows for b, want 1", n)
 	}
 	// The same key on every shard: the record is found only on its own.
@@ -268,16 +191,16 @@ func testGORM(t *testing.T, f *fleet, db *gorm.DB, connector *hv.Connector) {
 	if err := db.WithContext(hv.WithKey(ctx, a.ID)).Save(&a).Error; err != nil {
 		t.Fatal(err)
 	}
-	if n := f.rowsOn(t, 12, "name = 'Barbara'"); n != 1 {
+	if n := f.RowsOn(t, "users", 12, "name = 'Barbara'"); n != 1 {
 		t.Fatalf("update on shard 12 not found there")
 	}
-	if n := f.rowsOn(t, 16, "bio = 'updated'"); n != 1 {
+	if n := f.RowsOn(t, "users", 16, "bio = 'updated'"); n != 1 {
 		t.Fatalf("update on shard 16 not found there")
 	}
-	if n := f.rowsOn(t, 3, "name = 'Alan'"); n != 1 {
+	if n := f.RowsOn(t, "users", 3, "name = 'Alan'"); n != 1 {
 		t.Fatalf("save on shard 3 not found there")
 	}
-	if got := f.placement(t, "true"); !mapsEqual(got, map[int]int{3: 1, 12: 1, 16: 1}) {
+	if got := f.Placement(t, "users", "true"); !mapsEqual(got, map[int]int{3: 1, 12: 1, 16: 1}) {
 		t.Fatalf("after updates, rows per shard %v", got)
 	}
 
@@ -300,7 +223,7 @@ func testGORM(t *testing.T, f *fleet, db *gorm.DB, connector *hv.Connector) {
 	if !errors.Is(err, rollback) {
 		t.Fatalf("Transaction: %v", err)
 	}
-	if n := f.rowsOn(t, 5, "true"); n != 0 {
+	if n := f.RowsOn(t, "users", 5, "true"); n != 0 {
 		t.Fatalf("rolled-back rows on shard 5: %d", n)
 	}
 	err = db.WithContext(sctx).Transaction(func(tx *gorm.DB) error {
@@ -310,7 +233,7 @@ func testGORM(t *testing.T, f *fleet, db *gorm.DB, connector *hv.Connector) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := f.rowsOn(t, 5, "email = 't3@example.com'"); n != 1 {
+	if n := f.RowsOn(t, "users", 5, "email = 't3@example.com'"); n != 1 {
 		t.Fatalf("committed row on shard 5: %d", n)
 	}
 	// A statement for another shard inside a shard's transaction is refused.
@@ -326,7 +249,7 @@ func testGORM(t *testing.T, f *fleet, db *gorm.DB, connector *hv.Connector) {
 	if err := db.WithContext(ctx).Create(&u).Error; !errors.Is(err, hv.ErrNoShard) {
 		t.Fatalf("create without shard: %v, want ErrNoShard", err)
 	}
-	if got := f.placement(t, "email LIKE 't%'"); !mapsEqual(got, map[int]int{5: 1}) {
+	if got := f.Placement(t, "users", "email LIKE 't%'"); !mapsEqual(got, map[int]int{5: 1}) {
 		t.Fatalf("transaction rows per shard %v, want only t3 on shard 5", got)
 	}
 
@@ -378,7 +301,7 @@ func testGORM(t *testing.T, f *fleet, db *gorm.DB, connector *hv.Connector) {
 	if err := db.WithContext(hv.WithKey(ctx, c.ID)).Delete(&UserV2{}, "id = ?", c.ID).Error; err != nil {
 		t.Fatal(err)
 	}
-	if got := f.placement(t, "true"); !mapsEqual(got, map[int]int{12: 1}) {
+	if got := f.Placement(t, "users", "true"); !mapsEqual(got, map[int]int{12: 1}) {
 		t.Fatalf("after deletes, rows per shard %v, want only b on shard 12", got)
 	}
 }
@@ -402,7 +325,7 @@ func TestRun(t *testing.T) {
 	f := newFleetSchemas(t, "", "", false) // run creates the schemas
 	for range 2 {
 		var out bytes.Buffer
-		if err := run(context.Background(), f.dsn, &out); err != nil {
+		if err := run(context.Background(), f.DSN, &out); err != nil {
 			t.Fatalf("run: %v\n%s", err, out.String())
 		}
 		t.Logf("output:\n%s", out.String())
@@ -419,7 +342,7 @@ func TestRun(t *testing.T) {
 				if email == "donald@example.com" {
 					want = 0 // deleted later in the run
 				}
-				if n := f.rowsOn(t, shard, "email = $1", email); n != want {
+				if n := f.RowsOn(t, "users", shard, "email = $1", email); n != want {
 					t.Errorf("%s: %d rows in %s, want %d", email, n, schema, want)
 				}
 			}
@@ -435,7 +358,7 @@ func TestRun(t *testing.T) {
 			t.Fatalf("unexpected output:\n%s", out.String())
 		}
 		total := 0
-		for _, n := range f.placement(t, "true") {
+		for _, n := range f.Placement(t, "users", "true") {
 			total += n
 		}
 		if total != 2 {
