@@ -139,13 +139,31 @@ func (h *hostPool) takeIdle(schema string) *sql.Conn {
 		if len(h.permits)-1+n < h.poolMax && !h.retired {
 			return nil
 		}
-		pick = 0
+		pick = h.spare()
 	}
 	c := h.idle[pick].conn
 	copy(h.idle[pick:], h.idle[pick+1:])
 	h.idle[n-1] = idleConn{}
 	h.idle = h.idle[:n-1]
 	return c
+}
+
+// spare returns the idle connection to switch to another schema: the least
+// recently used one whose schema is unknown or has another idle connection
+// on it, so that no schema loses its last idle connection while one has two;
+// else the least recently used. Called with h.mu held and h.idle not empty.
+func (h *hostPool) spare() int {
+	for i, ic := range h.idle {
+		if ic.schema == "" {
+			return i
+		}
+		for j := i + 1; j < len(h.idle); j++ {
+			if h.idle[j].schema == ic.schema {
+				return i
+			}
+		}
+	}
+	return 0
 }
 
 // take puts a token in sem (a host's permits or a shard's slots), waiting
