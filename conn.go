@@ -149,14 +149,14 @@ func (c *conn) lease(ctx context.Context) error {
 	return nil
 }
 
-// useSchema switches the physical connection's search_path to the shard's
-// schema unless it is known to be there already. It never switches inside a
-// transaction: the switch before BEGIN covers the whole transaction.
-func (c *conn) useSchema(ctx context.Context, pc *physConn) error {
-	if c.tx != nil {
-		return nil
+// target is where the connection's statements run: its shard's schema.
+func (c *conn) target() target {
+	return target{
+		schema:   c.schema,
+		setPath:  c.fleet.setPath[c.shard],
+		counters: c.host.counters(c.shard),
+		inTx:     c.tx != nil,
 	}
-	return pc.useSchema(ctx, c.schema, c.fleet.setPath[c.shard], c.host.counters(c.shard))
 }
 
 // fail adds the shard and host to a statement error, and drops the physical
@@ -188,12 +188,8 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	}
 	var inner driver.Rows
 	err := c.phys.Raw(func(dc any) error {
-		pc := dc.(*physConn)
-		if err := c.useSchema(ctx, pc); err != nil {
-			return err
-		}
 		var err error
-		inner, err = pc.query(ctx, query, args, c.tx != nil)
+		inner, err = dc.(*physConn).query(ctx, c.target(), query, args)
 		return err
 	})
 	c.host.countStatement(c.shard, err)
@@ -223,12 +219,8 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	}
 	var res driver.Result
 	err := c.phys.Raw(func(dc any) error {
-		pc := dc.(*physConn)
-		if err := c.useSchema(ctx, pc); err != nil {
-			return err
-		}
 		var err error
-		res, err = pc.exec(ctx, query, args, c.tx != nil)
+		res, err = dc.(*physConn).exec(ctx, c.target(), query, args)
 		return err
 	})
 	c.host.countStatement(c.shard, err)
@@ -273,7 +265,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	var itx driver.Tx
 	err := c.phys.Raw(func(dc any) error {
 		pc := dc.(*physConn)
-		if err := c.useSchema(ctx, pc); err != nil {
+		if err := pc.useSchema(ctx, c.target()); err != nil {
 			return err
 		}
 		if pc.txMode {

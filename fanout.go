@@ -204,10 +204,10 @@ func (c *conn) planFanOut(ctx context.Context, route shardRoute) (*fanOut, error
 	return p, nil
 }
 
-// onShard runs fn on a physical connection of shard's host, on the shard's
-// schema, holding one of the fan-out's slots for that host. Errors name the
-// shard and host.
-func (p *fanOut) onShard(ctx context.Context, shard int, fn func(pc *physConn) error) error {
+// onShard runs fn on a physical connection of shard's host, with the target
+// of the shard's schema for fn's statement, holding one of the fan-out's
+// slots for that host. Errors name the shard and host.
+func (p *fanOut) onShard(ctx context.Context, shard int, fn func(pc *physConn, t target) error) error {
 	h := p.hostOf[shard]
 	slots := p.slots[h]
 	select {
@@ -223,10 +223,7 @@ func (p *fanOut) onShard(ctx context.Context, shard int, fn func(pc *physConn) e
 	defer h.release(sc, shard)
 	err = sc.Raw(func(dc any) error {
 		pc := dc.(*physConn)
-		if err := pc.useSchema(ctx, p.fleet.schemas[shard], p.fleet.setPath[shard], h.counters(shard)); err != nil {
-			return err
-		}
-		err := fn(pc)
+		err := fn(pc, target{schema: p.fleet.schemas[shard], setPath: p.fleet.setPath[shard], counters: h.counters(shard)})
 		if err != nil {
 			pc.schema = ""
 		}
@@ -257,8 +254,8 @@ func (c *conn) fanOutExec(ctx context.Context, route shardRoute, query string, a
 	)
 	for _, shard := range p.shards {
 		wg.Go(func() {
-			err := p.onShard(ctx, shard, func(pc *physConn) error {
-				res, err := pc.exec(ctx, query, args, false)
+			err := p.onShard(ctx, shard, func(pc *physConn, t target) error {
+				res, err := pc.exec(ctx, t, query, args)
 				if err != nil {
 					return err
 				}
@@ -382,8 +379,8 @@ func (r *fanRows) start(ctx context.Context, shard int, query string, args []dri
 				return false
 			}
 		}
-		err := r.plan.onShard(ctx, shard, func(pc *physConn) error {
-			return readShard(ctx, pc, shard, query, args, send)
+		err := r.plan.onShard(ctx, shard, func(pc *physConn, t target) error {
+			return readShard(ctx, pc, t, shard, query, args, send)
 		})
 		buffer = false // from here on, send for real
 		for _, m := range held {
@@ -396,8 +393,8 @@ func (r *fanRows) start(ctx context.Context, shard int, query string, args []dri
 }
 
 // readShard runs query on pc and sends its columns and rows in batches.
-func readShard(ctx context.Context, pc *physConn, shard int, query string, args []driver.NamedValue, send func(shardMsg) bool) error {
-	rows, err := pc.query(ctx, query, args, false)
+func readShard(ctx context.Context, pc *physConn, t target, shard int, query string, args []driver.NamedValue, send func(shardMsg) bool) error {
+	rows, err := pc.query(ctx, t, query, args)
 	if err != nil {
 		return err
 	}

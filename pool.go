@@ -51,7 +51,8 @@ type hostPool struct {
 // idleConn is a connection hv keeps between statements.
 type idleConn struct {
 	conn   *sql.Conn
-	schema string // the schema its search_path is on, "" when unknown
+	phys   *physConn // conn's driver connection, read only while idle
+	schema string    // the schema its search_path is on, "" when unknown
 	since  time.Time
 }
 
@@ -139,7 +140,7 @@ func (h *hostPool) takeIdle(schema string) *sql.Conn {
 		if len(h.permits)-1+n < h.poolMax && !h.retired {
 			return nil
 		}
-		pick = h.spare()
+		pick = h.spare(schema)
 	}
 	c := h.idle[pick].conn
 	copy(h.idle[pick:], h.idle[pick+1:])
@@ -148,12 +149,32 @@ func (h *hostPool) takeIdle(schema string) *sql.Conn {
 	return c
 }
 
-// spare returns the idle connection to switch to another schema: the least
+// spare returns the idle connection to switch to schema: among those that
+// have hv's statements for schema prepared, else among all, the least
 // recently used one whose schema is unknown or has another idle connection
-// on it, so that no schema loses its last idle connection while one has two;
-// else the least recently used. Called with h.mu held and h.idle not empty.
-func (h *hostPool) spare() int {
-	for i, ic := range h.idle {
+// on it, so that no schema loses its last idle connection while one has
+// two; else the least recently used. Called with h.mu held and h.idle not
+// empty. An idle connection is in no statement's hands, and h.mu orders its
+// reading after the statement that released it.
+func (h *hostPool) spare(schema string) int {
+	if i := h.spareOf(func(ic *idleConn) bool { return ic.phys != nil && ic.phys.prepared(schema) }); i >= 0 {
+		return i
+	}
+	return max(h.spareOf(func(*idleConn) bool { return true }), 0)
+}
+
+// spareOf applies spare's rule to the idle connections for which ok holds,
+// and returns -1 when there are none.
+func (h *hostPool) spareOf(ok func(*idleConn) bool) int {
+	first := -1
+	for i := range h.idle {
+		ic := &h.idle[i]
+		if !ok(ic) {
+			continue
+		}
+		if first < 0 {
+			first = i
+		}
 		if ic.schema == "" {
 			return i
 		}
@@ -163,7 +184,7 @@ func (h *hostPool) spare() int {
 			}
 		}
 	}
-	return 0
+	return first
 }
 
 // take puts a token in sem (a host's permits or a shard's slots), waiting
@@ -218,9 +239,10 @@ func (h *hostPool) take(ctx context.Context, sem chan struct{}, shard int, waite
 // pool gets it otherwise (or has already discarded it).
 func (h *hostPool) release(c *sql.Conn, shard int) {
 	schema, keep, broken := "", false, false
+	var phys *physConn
 	if err := c.Raw(func(dc any) error {
 		pc := dc.(*physConn)
-		schema, keep = pc.schema, pc.reusable()
+		phys, schema, keep = pc, pc.schema, pc.reusable()
 		broken = !keep && pc.closed()
 		return nil
 	}); err != nil {
@@ -237,7 +259,7 @@ func (h *hostPool) release(c *sql.Conn, shard int) {
 	if keep {
 		h.mu.Lock()
 		if !h.closed && !h.retired {
-			h.idle = append(h.idle, idleConn{conn: c, schema: schema, since: time.Now()})
+			h.idle = append(h.idle, idleConn{conn: c, phys: phys, schema: schema, since: time.Now()})
 			if h.flusher == nil {
 				h.flusher = time.AfterFunc(affinityIdle, h.flush)
 			}
@@ -367,30 +389,59 @@ type physConn struct {
 	// statement outside a transaction, which sets it with SET LOCAL.
 	txMode  bool
 	pending string
+	// px is hv's own statement path on a pgx connection (pgxsession.go),
+	// nil where statements go through the inner driver's own.
+	px *pgxSession
 }
 
-// useSchema sets search_path with setPath unless the session is known to be
-// on schema already. What it remembers is set only after a successful switch.
-func (p *physConn) useSchema(ctx context.Context, schema, setPath string, sc *shardCounters) error {
+// target is where a statement must run: the shard's schema, the statement
+// that switches a session to it, the shard's counters, and whether a
+// transaction is open (its schema was set before BEGIN and stays).
+type target struct {
+	schema, setPath string
+	counters        *shardCounters
+	inTx            bool
+}
+
+// useSchema sets search_path to t's schema unless the session is known to
+// be on it already or a transaction is open. What it remembers is set only
+// after a successful switch.
+func (p *physConn) useSchema(ctx context.Context, t target) error {
 	if p.txMode {
-		p.pending = schema
+		p.pending = t.schema
 		return nil
 	}
-	if p.schema == schema {
+	if t.inTx || p.schema == t.schema {
 		return nil
 	}
+	return p.switchSchema(ctx, t)
+}
+
+// switchSchema sends t's SET search_path in a round trip of its own.
+func (p *physConn) switchSchema(ctx context.Context, t target) error {
 	p.schema = ""
 	ex, ok := p.Conn.(driver.ExecerContext)
 	if !ok {
 		return errors.New("hv: inner driver connection does not implement ExecerContext")
 	}
-	p.switches.Add(1)
-	sc.switches.Add(1)
-	if _, err := ex.ExecContext(ctx, setPath, nil); err != nil {
+	p.countSwitch(t)
+	if _, err := ex.ExecContext(ctx, t.setPath, nil); err != nil {
 		return err
 	}
-	p.schema = schema
+	p.schema = t.schema
 	return nil
+}
+
+// countSwitch counts a search_path switch sent for t's shard.
+func (p *physConn) countSwitch(t target) {
+	p.switches.Add(1)
+	t.counters.switches.Add(1)
+}
+
+// prepared reports whether hv has statements prepared for schema on the
+// connection, so that a switch to schema finds them.
+func (p *physConn) prepared(schema string) bool {
+	return p.px != nil && p.px.prepared(schema)
 }
 
 // reusable reports whether the connection may serve another statement
@@ -467,19 +518,31 @@ func (t trackingConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &physConn{Conn: c, switches: t.switches, txMode: t.txMode}, nil
+	p := &physConn{Conn: c, switches: t.switches, txMode: t.txMode}
+	if !t.txMode {
+		p.px = newPgxSession(c)
+	}
+	return p, nil
 }
 
 func (t trackingConnector) Driver() driver.Driver { return t.inner.Driver() }
 
-// query runs a statement that returns rows on the inner connection, after
-// converting its arguments. A statement that may change search_path makes
-// the connection forget its schema, and so does any error. Outside a
-// transaction, a statement the server refused with "cached plan must not
-// change result type" (the inner driver's cached plan was made on another
-// shard's schema, whose table differs) is sent once more: the server raises
-// it before executing anything, and the inner driver has dropped the plan.
-func (p *physConn) query(ctx context.Context, query string, args []driver.NamedValue, inTx bool) (driver.Rows, error) {
+// query runs a statement that returns rows on t's schema: through hv's own
+// path on pgx when it serves the statement, else on the inner connection
+// after switching schema, converting the arguments first. A statement that
+// may change search_path makes the connection forget its schema, and so
+// does any error. Outside a transaction, a statement the server refused
+// with "cached plan must not change result type" (the inner driver's cached
+// plan was made on another shard's schema, whose table differs) is sent
+// once more: the server raises it before executing anything, and the inner
+// driver has dropped the plan.
+func (p *physConn) query(ctx context.Context, t target, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if p.px != nil && p.px.serves(p, t, query, args) {
+		return p.px.query(ctx, p, t, query, args)
+	}
+	if err := p.useSchema(ctx, t); err != nil {
+		return nil, err
+	}
 	nargs, err := p.convert(args)
 	if err != nil {
 		return nil, err
@@ -488,14 +551,12 @@ func (p *physConn) query(ctx context.Context, query string, args []driver.NamedV
 	if !ok {
 		return nil, errors.New("hv: inner driver connection does not implement QueryerContext")
 	}
-	if p.txMode && !inTx {
+	if p.txMode && !t.inTx {
 		return p.queryLocal(ctx, q, query, nargs)
 	}
-	if changesSearchPath(query) {
-		p.schema = ""
-	}
+	p.forgetFor(query)
 	rows, err := q.QueryContext(ctx, query, nargs)
-	if err != nil && !inTx && isStalePlan(err) {
+	if err != nil && !t.inTx && isStalePlan(err) {
 		rows, err = q.QueryContext(ctx, query, nargs)
 	}
 	if err != nil {
@@ -505,7 +566,30 @@ func (p *physConn) query(ctx context.Context, query string, args []driver.NamedV
 }
 
 // exec is query for statements that return no rows.
-func (p *physConn) exec(ctx context.Context, query string, args []driver.NamedValue, inTx bool) (driver.Result, error) {
+func (p *physConn) exec(ctx context.Context, t target, query string, args []driver.NamedValue) (driver.Result, error) {
+	if p.px != nil && p.px.serves(p, t, query, args) {
+		return p.px.exec(ctx, p, t, query, args)
+	}
+	if err := p.useSchema(ctx, t); err != nil {
+		return nil, err
+	}
+	if p.txMode && !t.inTx {
+		nargs, err := p.convert(args)
+		if err != nil {
+			return nil, err
+		}
+		ex, ok := p.Conn.(driver.ExecerContext)
+		if !ok {
+			return nil, errors.New("hv: inner driver connection does not implement ExecerContext")
+		}
+		return p.execLocal(ctx, ex, query, nargs)
+	}
+	return p.execInner(ctx, query, args, t.inTx)
+}
+
+// execInner runs query on the inner connection as it is, on whatever
+// schema the session is on.
+func (p *physConn) execInner(ctx context.Context, query string, args []driver.NamedValue, inTx bool) (driver.Result, error) {
 	nargs, err := p.convert(args)
 	if err != nil {
 		return nil, err
@@ -514,12 +598,7 @@ func (p *physConn) exec(ctx context.Context, query string, args []driver.NamedVa
 	if !ok {
 		return nil, errors.New("hv: inner driver connection does not implement ExecerContext")
 	}
-	if p.txMode && !inTx {
-		return p.execLocal(ctx, ex, query, nargs)
-	}
-	if changesSearchPath(query) {
-		p.schema = ""
-	}
+	p.forgetFor(query)
 	res, err := ex.ExecContext(ctx, query, nargs)
 	if err != nil && !inTx && isStalePlan(err) {
 		res, err = ex.ExecContext(ctx, query, nargs)
@@ -528,6 +607,21 @@ func (p *physConn) exec(ctx context.Context, query string, args []driver.NamedVa
 		p.schema = ""
 	}
 	return res, err
+}
+
+// forgetFor makes the connection forget its schema before a statement that
+// may change search_path, and hv's prepared statements before one that may
+// drop them (DEALLOCATE, DISCARD).
+func (p *physConn) forgetFor(query string) {
+	if changesSearchPath(query) {
+		p.schema = ""
+	}
+	if p.px != nil {
+		switch firstKeyword(query) {
+		case "deallocate", "discard":
+			p.px.forget()
+		}
+	}
 }
 
 // isStalePlan reports whether err is PostgreSQL's "cached plan must not

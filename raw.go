@@ -48,7 +48,7 @@ func (c *conn) raw(ctx context.Context, fn func(driverConn any) error) error {
 	}
 	err := c.phys.Raw(func(dc any) error {
 		pc := dc.(*physConn)
-		if err := c.useSchema(ctx, pc); err != nil {
+		if err := pc.useSchema(ctx, c.target()); err != nil {
 			return err
 		}
 		err := fn(pc.Conn)

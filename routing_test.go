@@ -326,3 +326,67 @@ func TestChangesSearchPath(t *testing.T) {
 		}
 	}
 }
+
+// When no idle connection is on a statement's schema, hv switches one that
+// has the schema's statements prepared (the switch then costs no
+// preparation), choosing by spare's rule among them, and else among all.
+func TestSparePrefersConnectionsWithTheSchemasStatements(t *testing.T) {
+	with := func(schemas ...string) *physConn {
+		px := &pgxSession{schemas: map[string]*schema{}}
+		for _, s := range schemas {
+			px.schemas[s] = &schema{stmts: 1}
+		}
+		return &physConn{px: px}
+	}
+	for _, tc := range []struct {
+		name   string
+		idle   []idleConn
+		schema string
+		want   int
+	}{
+		{"none prepared: unknown schema first", []idleConn{
+			{schema: "a", phys: with("a")}, {schema: "", phys: with()}, {schema: "b", phys: with("b")},
+		}, "c", 1},
+		{"none prepared: one of two on a schema", []idleConn{
+			{schema: "a", phys: with("a")}, {schema: "b", phys: with("b")}, {schema: "a", phys: with("a")},
+		}, "c", 0},
+		{"none prepared: least recently used", []idleConn{
+			{schema: "a", phys: with("a")}, {schema: "b", phys: with("b")},
+		}, "c", 0},
+		{"prepared beats unknown schema", []idleConn{
+			{schema: "", phys: with()}, {schema: "a", phys: with("a", "c")}, {schema: "b", phys: with("b")},
+		}, "c", 1},
+		{"among prepared, one of two on a schema", []idleConn{
+			{schema: "a", phys: with("a", "c")}, {schema: "b", phys: with("b", "c")}, {schema: "b", phys: with("b")},
+		}, "c", 1},
+		{"lib/pq connections have nothing prepared", []idleConn{
+			{schema: "a", phys: &physConn{}}, {schema: "", phys: &physConn{}},
+		}, "c", 1},
+	} {
+		h := &hostPool{idle: tc.idle}
+		if got := h.spare(tc.schema); got != tc.want {
+			t.Errorf("%s: spare picked %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestFirstKeyword(t *testing.T) {
+	for q, want := range map[string]string{
+		"SELECT 1":                       "select",
+		"  (select 1)":                   "select",
+		"/* c */ WITH x AS (SELECT 1) x": "with",
+		"-- c\nDeAllocate ALL":           "deallocate",
+		"VACUUM t":                       "",
+		"selection":                      "",
+		"-- only a comment":              "",
+	} {
+		if got := firstKeyword(q); got != want {
+			t.Errorf("firstKeyword(%q) = %q, want %q", q, got, want)
+		}
+	}
+	for q, want := range map[string]bool{"INSERT INTO t VALUES (1)": true, "update t set x = 1": true, "VACUUM t": false, "CREATE INDEX CONCURRENTLY i ON t (x)": false} {
+		if got := isDataStatement(q); got != want {
+			t.Errorf("isDataStatement(%q) = %v, want %v", q, got, want)
+		}
+	}
+}

@@ -19,8 +19,15 @@ func changesSearchPath(query string) bool {
 	return containsFold(query, "search_path") || containsFold(query, "set_config")
 }
 
-// firstKeyword returns the first word of query in lower case, skipping
-// white space and comments.
+// leadingKeywords are the first words of a statement hv acts on.
+var leadingKeywords = [...]string{
+	"set", "reset", "discard", "deallocate", // change session state
+	"select", "insert", "update", "delete", "with", "values", "table", "merge", // data
+}
+
+// firstKeyword returns the first word of query, skipping white space and
+// comments, in lower case when it is one of leadingKeywords, else "". It
+// does not allocate.
 func firstKeyword(q string) string {
 	i := 0
 	for i < len(q) {
@@ -44,14 +51,12 @@ func firstKeyword(q string) string {
 			for j < len(q) && isWordByte(q[j]) {
 				j++
 			}
-			if j-i > 8 {
-				return ""
+			for _, k := range leadingKeywords {
+				if len(k) == j-i && strings.EqualFold(k, q[i:j]) {
+					return k
+				}
 			}
-			var buf [8]byte
-			for k := i; k < j; k++ {
-				buf[k-i] = q[k] | 0x20
-			}
-			return string(buf[:j-i])
+			return ""
 		}
 	}
 	return ""

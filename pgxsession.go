@@ -1,0 +1,510 @@
+package hv
+
+// hv's own statement path on pgx connections.
+//
+// Two costs dominate a routed statement that database/sql and pgx's stdlib
+// cannot avoid on their own:
+//
+//   - the schema switch: a session-level SET search_path is a round trip of
+//     its own, doubling the cost of a point query;
+//   - re-analysis: pgx caches one prepared statement per SQL text, and the
+//     server re-analyses and re-plans a prepared statement each time it runs
+//     under another search_path than last time (and fails with "cached plan
+//     must not change result type" when the shards' tables differ).
+//
+// So on a pgx connection in the default exec mode (cache_statement) hv sends
+// statements itself, through pgconn:
+//
+//   - it prepares each statement once per schema and SQL text, under the
+//     schema's search_path, keeping at most statement_cache_capacity of them
+//     per connection (least recently used go first), so the server keeps its
+//     plans, and one shard's result types never meet another's;
+//   - when the connection must switch schema, the SET travels in the same
+//     round trip as the statement (one pgconn batch: SET, Bind, Execute,
+//     Sync). Both run in the batch's implicit transaction: if the statement
+//     fails, the switch is undone with it, and hv forgets the schema.
+//
+// Results are converted as stdlib converts them (pgxrows.go). Statements
+// this path does not serve go through stdlib as before, after a switch of
+// their own: statements that may change search_path, arguments carrying
+// pgx options (NamedArgs, QueryExecMode, result formats), other exec modes,
+// and lib/pq connections.
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+	"strconv"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// pgxSession is hv's side of one pgx connection: the statements hv prepared
+// on it. Like physConn, it is only used inside (*sql.Conn).Raw.
+type pgxSession struct {
+	conn     *pgx.Conn
+	capacity int
+
+	stmts      map[stmtKey]*stmtEntry
+	head, tail *stmtEntry         // most and least recently used
+	schemas    map[string]*schema // the schemas with statements here
+	stale      []string           // statement names to close on the server
+	seq        uint64             // names statements hv_1, hv_2, ...
+
+	eqb  pgx.ExtendedQueryBuilder
+	args []any
+}
+
+// schema is what the connection has prepared for one schema: the SET
+// search_path that switches to it (prepared, so that a switch costs the
+// server no parsing) and how many statements.
+type schema struct {
+	setName string
+	stmts   int
+}
+
+// stmtKey names a statement: its SQL text prepared under one schema.
+type stmtKey struct{ schema, sql string }
+
+// stmtEntry is a statement prepared on the connection.
+type stmtEntry struct {
+	key           stmtKey
+	sd            *pgconn.StatementDescription
+	resultFormats []int16
+	valueFuncs    []valueFunc // made by the first rows that need them
+	prev, next    *stmtEntry
+}
+
+// newPgxSession returns hv's statement path for c, or nil when c's exec mode
+// or statement cache leave statements to stdlib.
+func newPgxSession(c driver.Conn) *pgxSession {
+	sc, ok := c.(*stdlib.Conn)
+	if !ok {
+		return nil
+	}
+	cfg := sc.Conn().Config()
+	if cfg.DefaultQueryExecMode != pgx.QueryExecModeCacheStatement || cfg.StatementCacheCapacity <= 0 {
+		return nil
+	}
+	return &pgxSession{
+		conn:     sc.Conn(),
+		capacity: cfg.StatementCacheCapacity,
+		stmts:    make(map[stmtKey]*stmtEntry),
+		schemas:  make(map[string]*schema),
+	}
+}
+
+// serves reports whether this path runs query with args for t.
+func (s *pgxSession) serves(p *physConn, t target, query string, args []driver.NamedValue) bool {
+	if t.inTx && p.schema != t.schema {
+		// The transaction changed search_path: only the server knows it.
+		return false
+	}
+	if len(args) > 0 {
+		switch args[0].Value.(type) {
+		case pgx.QueryRewriter, pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID:
+			return false
+		}
+	}
+	return !changesSearchPath(query)
+}
+
+// prepared reports whether statements for schema are prepared here.
+func (s *pgxSession) prepared(schema string) bool { return s.schemas[schema] != nil }
+
+// query runs query on t's schema and returns its rows, with the first row
+// read. Outside a transaction, a statement the server no longer knows or
+// whose result type changed (DDL, DEALLOCATE) is prepared again and sent
+// once more: the server refused it before executing anything.
+func (s *pgxSession) query(ctx context.Context, p *physConn, t target, query string, args []driver.NamedValue) (driver.Rows, error) {
+	ctx = uncancellable(ctx)
+	rows, err := s.tryQuery(ctx, p, t, query, args)
+	if err != nil && !t.inTx && isStaleStatement(err) {
+		rows, err = s.tryQuery(ctx, p, t, query, args)
+	}
+	return rows, badConn(err)
+}
+
+func (s *pgxSession) tryQuery(ctx context.Context, p *physConn, t target, query string, args []driver.NamedValue) (driver.Rows, error) {
+	e, switching, err := s.statement(ctx, p, t, query)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.encode(e, args); err != nil {
+		return nil, err
+	}
+	r := &pgxRows{s: s, p: p, e: e}
+	if switching {
+		r.mr, r.rr, err = s.sendSwitched(ctx, p, t, e)
+		if err != nil {
+			return nil, err
+		}
+		r.schema = t.schema
+	} else {
+		r.rr = s.conn.PgConn().ExecStatement(ctx, e.sd, s.eqb.ParamValues, s.eqb.ParamFormats, e.resultFormats)
+	}
+	if err := r.preload(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+// exec runs a statement that returns no rows on t's schema. Without
+// arguments pgx sends statements with the simple protocol (several
+// statements may share the text); hv does too, and when it must switch
+// schema it puts the SET in the same message if the text starts with a
+// data statement (one that may run in a transaction block, as the message's
+// statements do), else it switches with a round trip of its own first.
+func (s *pgxSession) exec(ctx context.Context, p *physConn, t target, query string, args []driver.NamedValue) (driver.Result, error) {
+	ctx = uncancellable(ctx)
+	if len(args) == 0 {
+		return s.execSimple(ctx, p, t, query)
+	}
+	tag, err := s.tryExec(ctx, p, t, query, args)
+	if err != nil && !t.inTx && isStaleStatement(err) {
+		tag, err = s.tryExec(ctx, p, t, query, args)
+	}
+	if err != nil {
+		return nil, badConn(err)
+	}
+	return driver.RowsAffected(tag.RowsAffected()), nil
+}
+
+func (s *pgxSession) tryExec(ctx context.Context, p *physConn, t target, query string, args []driver.NamedValue) (pgconn.CommandTag, error) {
+	e, switching, err := s.statement(ctx, p, t, query)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	if err := s.encode(e, args); err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	if !switching {
+		tag, err := s.conn.PgConn().ExecStatement(ctx, e.sd, s.eqb.ParamValues, s.eqb.ParamFormats, e.resultFormats).Close()
+		if err != nil {
+			p.schema = ""
+			s.failed(e, err)
+		}
+		return tag, err
+	}
+	mr, rr, err := s.sendSwitched(ctx, p, t, e)
+	if err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	tag, err := rr.Close()
+	if cerr := mr.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		s.failed(e, err)
+		return tag, err
+	}
+	p.schema = t.schema
+	return tag, nil
+}
+
+// execSimple runs a statement without arguments with the simple protocol.
+func (s *pgxSession) execSimple(ctx context.Context, p *physConn, t target, query string) (driver.Result, error) {
+	if !t.inTx && p.schema != t.schema {
+		if !isDataStatement(query) {
+			if err := p.switchSchema(ctx, t); err != nil {
+				return nil, err
+			}
+			return p.execInner(ctx, query, nil, false)
+		}
+		p.schema = ""
+		p.countSwitch(t)
+		query = t.setPath + ";\n" + query
+	}
+	if s.conn.IsClosed() {
+		return nil, driver.ErrBadConn
+	}
+	p.forgetFor(query)
+	var tag pgconn.CommandTag
+	mr := s.conn.PgConn().Exec(ctx, query)
+	for mr.NextResult() {
+		tag, _ = mr.ResultReader().Close()
+	}
+	if err := mr.Close(); err != nil {
+		p.schema = ""
+		return nil, badConn(err)
+	}
+	p.schema = t.schema
+	return driver.RowsAffected(tag.RowsAffected()), nil
+}
+
+// statement returns the prepared statement for query on t's schema,
+// preparing it when the connection has none, and whether the session must
+// still switch to t's schema to run it (a preparation switches first).
+func (s *pgxSession) statement(ctx context.Context, p *physConn, t target, query string) (*stmtEntry, bool, error) {
+	if s.conn.IsClosed() {
+		return nil, false, driver.ErrBadConn
+	}
+	switching := !t.inTx && p.schema != t.schema
+	key := stmtKey{schema: t.schema, sql: query}
+	if e := s.stmts[key]; e != nil {
+		s.touch(e)
+		return e, switching, nil
+	}
+	e, err := s.prepare(ctx, p, t, key, switching)
+	return e, false, err
+}
+
+// encode encodes args for e's parameters into s.eqb.
+func (s *pgxSession) encode(e *stmtEntry, args []driver.NamedValue) error {
+	s.args = s.args[:0]
+	for i := range args {
+		s.args = append(s.args, args[i].Value)
+	}
+	err := s.eqb.Build(s.conn.TypeMap(), e.sd, s.args)
+	clear(s.args) // keep no caller's values alive
+	return err
+}
+
+// sendSwitched sends the switch to t's schema and e with the arguments in
+// s.eqb in one round trip, and returns the result of e. hv forgets the
+// connection's schema until the caller has read the batch to its end
+// without error.
+func (s *pgxSession) sendSwitched(ctx context.Context, p *physConn, t target, e *stmtEntry) (*pgconn.MultiResultReader, *pgconn.ResultReader, error) {
+	p.schema = ""
+	p.countSwitch(t)
+	var b pgconn.Batch
+	b.ExecPrepared(s.schemas[t.schema].setName, nil, nil, nil)
+	b.ExecStatement(e.sd, s.eqb.ParamValues, s.eqb.ParamFormats, e.resultFormats)
+	mr := s.conn.PgConn().ExecBatch(ctx, &b)
+	if !mr.NextResult() { // the SET's result
+		return nil, nil, batchEnded(mr)
+	}
+	if _, err := mr.ResultReader().Close(); err != nil {
+		_ = mr.Close()
+		return nil, nil, err
+	}
+	if !mr.NextResult() { // the statement's
+		err := batchEnded(mr)
+		s.failed(e, err)
+		return nil, nil, err
+	}
+	return mr, mr.ResultReader(), nil
+}
+
+// batchEnded closes a batch that has no more results than were read, and
+// returns why it ended early.
+func batchEnded(mr *pgconn.MultiResultReader) error {
+	if err := mr.Close(); err != nil {
+		return err
+	}
+	return errors.New("hv: the server sent fewer results than statements")
+}
+
+// prepare prepares query under t's schema, switching first when switching
+// is set, in one round trip that also prepares the schema's SET when the
+// connection has none and closes the statements hv dropped. It makes room
+// by dropping the least recently used statement.
+func (s *pgxSession) prepare(ctx context.Context, p *physConn, t target, key stmtKey, switching bool) (*stmtEntry, error) {
+	if len(s.stmts) >= s.capacity {
+		s.drop(s.tail)
+	}
+	sch := s.schemas[key.schema]
+	newSchema := sch == nil
+	if newSchema {
+		sch = &schema{setName: s.newName()}
+	}
+	name := s.newName()
+	if switching {
+		p.schema = ""
+		p.countSwitch(t)
+	}
+	pl := s.conn.PgConn().StartPipeline(ctx)
+	for _, n := range s.stale {
+		pl.SendDeallocate(n)
+	}
+	if newSchema {
+		pl.SendPrepare(sch.setName, t.setPath, nil)
+	}
+	if switching {
+		pl.SendQueryPrepared(sch.setName, nil, nil, nil)
+	}
+	pl.SendPrepare(name, key.sql, nil)
+	// The results come in order: closes, the SET's description, the SET,
+	// the statement's description (the last one).
+	var sd *pgconn.StatementDescription
+	descriptions := 1
+	if newSchema {
+		descriptions = 2
+	}
+	err := pl.Sync()
+	for err == nil && descriptions > 0 {
+		var res any
+		res, err = pl.GetResults()
+		switch res := res.(type) {
+		case *pgconn.ResultReader:
+			_, err = res.Close()
+		case *pgconn.StatementDescription:
+			sd = res
+			descriptions--
+		case nil:
+			if err == nil {
+				err = errors.New("hv: prepare: the server sent fewer results than requests")
+			}
+		}
+	}
+	if cerr := pl.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		// The server may hold the statements all the same: close them later.
+		s.stale = append(s.stale, name)
+		if sch.stmts == 0 && s.schemas[key.schema] == nil {
+			s.stale = append(s.stale, sch.setName)
+		}
+		return nil, err
+	}
+	sd.Name, sd.SQL = name, key.sql // a pipeline's description names neither
+	s.stale = s.stale[:0]
+	if switching {
+		p.schema = t.schema
+	}
+	e := &stmtEntry{key: key, sd: sd, resultFormats: make([]int16, len(sd.Fields))}
+	for i := range sd.Fields {
+		e.resultFormats[i] = resultFormat(sd.Fields[i].DataTypeOID)
+	}
+	s.stmts[key] = e
+	s.schemas[key.schema] = sch
+	sch.stmts++
+	s.pushFront(e)
+	return e, nil
+}
+
+// newName returns a statement name not used before on the connection.
+func (s *pgxSession) newName() string {
+	s.seq++
+	return "hv_" + strconv.FormatUint(s.seq, 10)
+}
+
+// valueFuncs returns the conversions for a result described by fds: e's,
+// made once, when e's description has the result's columns.
+func (s *pgxSession) valueFuncs(e *stmtEntry, fds []pgconn.FieldDescription) []valueFunc {
+	if e != nil && e.valueFuncs != nil {
+		return e.valueFuncs
+	}
+	m := s.conn.TypeMap()
+	vfs := make([]valueFunc, len(fds))
+	for i := range fds {
+		vfs[i] = newValueFunc(m, &fds[i])
+	}
+	if e != nil && len(e.sd.Fields) == len(fds) && len(fds) > 0 {
+		e.valueFuncs = vfs
+	}
+	return vfs
+}
+
+// failed drops e after an error that says the server's statement no longer
+// matches hv's description of it.
+func (s *pgxSession) failed(e *stmtEntry, err error) {
+	var pe *pgconn.PgError
+	switch {
+	case !errors.As(err, &pe):
+	case pe.Code == "26000":
+		// A statement is gone (DEALLOCATE, DISCARD ALL): trust none.
+		s.forget()
+	case e != nil && isStalePlan(err) && s.stmts[e.key] == e:
+		s.drop(e)
+	}
+}
+
+// forget drops every statement hv prepared (for example after DISCARD ALL
+// or DEALLOCATE ALL sent through stdlib); their names are closed later in
+// case the server still has them.
+func (s *pgxSession) forget() {
+	for s.tail != nil {
+		s.drop(s.tail)
+	}
+}
+
+// drop removes e from the cache; its server statement is closed with the
+// next preparation.
+func (s *pgxSession) drop(e *stmtEntry) {
+	delete(s.stmts, e.key)
+	s.unlink(e)
+	s.stale = append(s.stale, e.sd.Name)
+	sch := s.schemas[e.key.schema]
+	if sch.stmts--; sch.stmts == 0 {
+		delete(s.schemas, e.key.schema)
+		s.stale = append(s.stale, sch.setName)
+	}
+}
+
+func (s *pgxSession) pushFront(e *stmtEntry) {
+	e.prev, e.next = nil, s.head
+	if s.head != nil {
+		s.head.prev = e
+	}
+	s.head = e
+	if s.tail == nil {
+		s.tail = e
+	}
+}
+
+func (s *pgxSession) unlink(e *stmtEntry) {
+	if e.prev != nil {
+		e.prev.next = e.next
+	} else {
+		s.head = e.next
+	}
+	if e.next != nil {
+		e.next.prev = e.prev
+	} else {
+		s.tail = e.prev
+	}
+	e.prev, e.next = nil, nil
+}
+
+func (s *pgxSession) touch(e *stmtEntry) {
+	if s.head != e {
+		s.unlink(e)
+		s.pushFront(e)
+	}
+}
+
+// isStaleStatement reports whether err says a prepared statement no longer
+// fits: it is gone from the server (26000, after DEALLOCATE or DISCARD ALL)
+// or its result type changed ("cached plan must not change result type").
+func isStaleStatement(err error) bool {
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) {
+		return false
+	}
+	return pe.Code == "26000" || isStalePlan(err)
+}
+
+// uncancellable returns context.Background() for a ctx that can never be
+// cancelled (a value context such as WithShard's over Background): pgconn
+// watches every other context for cancellation, which costs a statement
+// locking and bookkeeping for nothing.
+func uncancellable(ctx context.Context) context.Context {
+	if ctx.Done() == nil {
+		return context.Background()
+	}
+	return ctx
+}
+
+// badConn returns driver.ErrBadConn, as stdlib does, for an error that
+// happened before anything was sent, so database/sql retries on another
+// connection.
+func badConn(err error) error {
+	if err != nil && pgconn.SafeToRetry(err) {
+		return driver.ErrBadConn
+	}
+	return err
+}
+
+// isDataStatement reports whether query starts with a statement that may run
+// inside a transaction block: a query or data change.
+func isDataStatement(query string) bool {
+	switch firstKeyword(query) {
+	case "select", "insert", "update", "delete", "with", "values", "table", "merge":
+		return true
+	}
+	return false
+}
