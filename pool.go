@@ -118,8 +118,22 @@ func (h *hostPool) unlock(shard int) {
 	}
 }
 
-// takeIdle returns an idle connection on schema, else, when the host has no
-// room for another connection, the least recently used idle one, else nil.
+// takeIdle returns the idle connection to run a statement on schema, or
+// nil to take one from the inner pool.
+//
+// With no other statement of the host in flight, it takes an idle
+// connection already on schema (most recently released first), else none
+// while the host has room for another connection: in time, every shard of a
+// host with no more shards than pool_max gets a connection of its own and
+// statements stop switching schema.
+//
+// Otherwise the statement switches a connection's schema, and the switch
+// rides along with it: it takes the most recently released connection, as
+// database/sql does, unless that one lacks the schema's prepared statements
+// and another has them (most recent first). Under load it does so even when
+// an older connection is on schema: waking a connection that has been idle
+// longer costs the host's CPUs more than the switch costs the server
+// (BenchmarkRandomShard: 16 shards, 8 goroutines).
 func (h *hostPool) takeIdle(schema string) *sql.Conn {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -127,20 +141,20 @@ func (h *hostPool) takeIdle(schema string) *sql.Conn {
 	if n == 0 {
 		return nil
 	}
-	pick := -1
-	for i := n - 1; i >= 0; i-- {
-		if h.idle[i].schema == schema {
-			pick = i
-			break
-		}
-	}
-	if pick < 0 {
+	pick := n - 1
+	if idle := len(h.permits) == 1; idle && h.idle[pick].schema != schema {
+		pick = h.mostRecent(func(ic *idleConn) bool { return ic.schema == schema })
 		// Every permit holder, other than us, holds a connection; so do
 		// the idle ones. Room for one more: let the inner pool give it.
-		if len(h.permits)-1+n < h.poolMax && !h.retired {
+		if pick < 0 && n < h.poolMax && !h.retired {
 			return nil
 		}
-		pick = h.spare(schema)
+	}
+	if pick < 0 || h.idle[pick].schema != schema && !h.idle[pick].phys.prepared(schema) {
+		pick = n - 1
+		if i := h.mostRecent(func(ic *idleConn) bool { return ic.phys.prepared(schema) }); i >= 0 {
+			pick = i
+		}
 	}
 	c := h.idle[pick].conn
 	copy(h.idle[pick:], h.idle[pick+1:])
@@ -149,42 +163,17 @@ func (h *hostPool) takeIdle(schema string) *sql.Conn {
 	return c
 }
 
-// spare returns the idle connection to switch to schema: among those that
-// have hv's statements for schema prepared, else among all, the least
-// recently used one whose schema is unknown or has another idle connection
-// on it, so that no schema loses its last idle connection while one has
-// two; else the least recently used. Called with h.mu held and h.idle not
-// empty. An idle connection is in no statement's hands, and h.mu orders its
-// reading after the statement that released it.
-func (h *hostPool) spare(schema string) int {
-	if i := h.spareOf(func(ic *idleConn) bool { return ic.phys != nil && ic.phys.prepared(schema) }); i >= 0 {
-		return i
-	}
-	return max(h.spareOf(func(*idleConn) bool { return true }), 0)
-}
-
-// spareOf applies spare's rule to the idle connections for which ok holds,
-// and returns -1 when there are none.
-func (h *hostPool) spareOf(ok func(*idleConn) bool) int {
-	first := -1
-	for i := range h.idle {
-		ic := &h.idle[i]
-		if !ok(ic) {
-			continue
-		}
-		if first < 0 {
-			first = i
-		}
-		if ic.schema == "" {
+// mostRecent returns the index of the most recently released idle
+// connection for which ok holds, or -1. Called with h.mu held. An idle
+// connection is in no statement's hands, and h.mu orders its reading after
+// the statement that released it.
+func (h *hostPool) mostRecent(ok func(*idleConn) bool) int {
+	for i := len(h.idle) - 1; i >= 0; i-- {
+		if ok(&h.idle[i]) {
 			return i
 		}
-		for j := i + 1; j < len(h.idle); j++ {
-			if h.idle[j].schema == ic.schema {
-				return i
-			}
-		}
 	}
-	return first
+	return -1
 }
 
 // take puts a token in sem (a host's permits or a shard's slots), waiting
@@ -441,7 +430,7 @@ func (p *physConn) countSwitch(t target) {
 // prepared reports whether hv has statements prepared for schema on the
 // connection, so that a switch to schema finds them.
 func (p *physConn) prepared(schema string) bool {
-	return p.px != nil && p.px.prepared(schema)
+	return p != nil && p.px != nil && p.px.prepared(schema)
 }
 
 // reusable reports whether the connection may serve another statement

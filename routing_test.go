@@ -327,10 +327,11 @@ func TestChangesSearchPath(t *testing.T) {
 	}
 }
 
-// When no idle connection is on a statement's schema, hv switches one that
-// has the schema's statements prepared (the switch then costs no
-// preparation), choosing by spare's rule among them, and else among all.
-func TestSparePrefersConnectionsWithTheSchemasStatements(t *testing.T) {
+// Which idle connection a statement takes (the last idle one is the most
+// recently released): alone on its host, one on its schema, else a new one
+// while there is room; else, and under load, the most recent, unless it
+// lacks the schema's prepared statements and another has them.
+func TestTakeIdle(t *testing.T) {
 	with := func(schemas ...string) *physConn {
 		px := &pgxSession{schemas: map[string]*schema{}}
 		for _, s := range schemas {
@@ -338,34 +339,37 @@ func TestSparePrefersConnectionsWithTheSchemasStatements(t *testing.T) {
 		}
 		return &physConn{px: px}
 	}
+	on := func(s string, prepared ...string) idleConn {
+		return idleConn{conn: &sql.Conn{}, schema: s, phys: with(append(prepared, s)...)}
+	}
+	lib := func(s string) idleConn { return idleConn{conn: &sql.Conn{}, schema: s, phys: &physConn{}} }
 	for _, tc := range []struct {
-		name   string
-		idle   []idleConn
-		schema string
-		want   int
+		name     string
+		idle     []idleConn
+		inFlight int // other statements of the host
+		poolMax  int
+		want     int // index into idle, -1 for a new connection
 	}{
-		{"none prepared: unknown schema first", []idleConn{
-			{schema: "a", phys: with("a")}, {schema: "", phys: with()}, {schema: "b", phys: with("b")},
-		}, "c", 1},
-		{"none prepared: one of two on a schema", []idleConn{
-			{schema: "a", phys: with("a")}, {schema: "b", phys: with("b")}, {schema: "a", phys: with("a")},
-		}, "c", 0},
-		{"none prepared: least recently used", []idleConn{
-			{schema: "a", phys: with("a")}, {schema: "b", phys: with("b")},
-		}, "c", 0},
-		{"prepared beats unknown schema", []idleConn{
-			{schema: "", phys: with()}, {schema: "a", phys: with("a", "c")}, {schema: "b", phys: with("b")},
-		}, "c", 1},
-		{"among prepared, one of two on a schema", []idleConn{
-			{schema: "a", phys: with("a", "c")}, {schema: "b", phys: with("b", "c")}, {schema: "b", phys: with("b")},
-		}, "c", 1},
-		{"lib/pq connections have nothing prepared", []idleConn{
-			{schema: "a", phys: &physConn{}}, {schema: "", phys: &physConn{}},
-		}, "c", 1},
+		{"alone: on the schema", []idleConn{on("c"), on("a"), on("b")}, 0, 3, 0},
+		{"alone: room for a new one", []idleConn{on("a"), on("b")}, 0, 3, -1},
+		{"alone, full: the most recent", []idleConn{on("a"), on("b"), on("d")}, 0, 3, 2},
+		{"alone, full: one with the statements", []idleConn{on("a", "c"), on("b"), on("d")}, 0, 3, 0},
+		{"busy: the most recent, not the one on the schema", []idleConn{on("c"), on("a"), on("b", "c")}, 2, 10, 2},
+		{"busy: the most recent lacks the statements", []idleConn{on("a"), on("b", "c"), on("d")}, 2, 10, 1},
+		{"busy: none has them", []idleConn{on("a"), on("b")}, 2, 10, 1},
+		{"lib/pq: the most recent", []idleConn{lib("a"), lib("b")}, 0, 2, 1},
 	} {
-		h := &hostPool{idle: tc.idle}
-		if got := h.spare(tc.schema); got != tc.want {
-			t.Errorf("%s: spare picked %d, want %d", tc.name, got, tc.want)
+		h := &hostPool{idle: append([]idleConn(nil), tc.idle...), poolMax: tc.poolMax, permits: make(chan struct{}, 20)}
+		for range tc.inFlight + 1 { // the statement's own permit too
+			h.permits <- struct{}{}
+		}
+		got := h.takeIdle("c")
+		want := (*sql.Conn)(nil)
+		if tc.want >= 0 {
+			want = tc.idle[tc.want].conn
+		}
+		if got != want {
+			t.Errorf("%s: took %v, want index %d", tc.name, got, tc.want)
 		}
 	}
 }
