@@ -23,13 +23,14 @@ type conn struct {
 	intended int
 
 	// The physical lease, when held.
-	host   *hostPool
-	fleet  *fleet
-	phys   *sql.Conn
-	shard  int
-	schema string
-	tx     *tx
-	rows   *rows
+	host    *hostPool
+	fleet   *fleet
+	phys    *sql.Conn
+	shard   int
+	schema  string
+	tx      *tx
+	rows    *rows // the open rows, if any: rowsBuf, one at a time
+	rowsBuf rows
 }
 
 var (
@@ -178,6 +179,9 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if route, ok := fanOutFrom(ctx); ok {
 		return c.fanOutQuery(ctx, route, query, args)
 	}
+	if c.rows != nil {
+		return nil, ErrConnBusy
+	}
 	if err := c.lease(ctx); err != nil {
 		return nil, err
 	}
@@ -199,7 +203,8 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if err != nil {
 		return nil, c.fail(err)
 	}
-	r := &rows{c: c, phys: c.phys, inner: inner}
+	r := &c.rowsBuf
+	*r = rows{c: c, phys: c.phys, inner: inner}
 	c.rows = r
 	return r, nil
 }
@@ -208,6 +213,9 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	if route, ok := fanOutFrom(ctx); ok {
 		return c.fanOutExec(ctx, route, query, args)
+	}
+	if c.rows != nil {
+		return nil, ErrConnBusy
 	}
 	if err := c.lease(ctx); err != nil {
 		return nil, err

@@ -126,6 +126,7 @@ func (c *Connector) newFleet(keep map[string]*hostPool) (*fleet, error) {
 			}
 			opened = append(opened, h)
 		}
+		h.shards.Store(int64(hc.Shards.End - hc.Shards.Start))
 		f.hosts = append(f.hosts, h)
 		f.ranges = append(f.ranges, hc.Shards)
 		for s := hc.Shards.Start; s < hc.Shards.End; s++ {

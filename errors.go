@@ -22,6 +22,11 @@ var (
 	// return for invalid configuration.
 	ErrBadConfig = errors.New("hv: invalid configuration")
 
+	// ErrConnBusy is returned when a statement runs on a *sql.Conn or *sql.Tx
+	// whose rows from an earlier statement are still open: close them
+	// first (PostgreSQL runs one statement at a time per connection).
+	ErrConnBusy = errors.New("hv: connection busy: rows of an earlier statement are still open")
+
 	// ErrClosed is returned when a statement runs after the Connector was closed.
 	ErrClosed = errors.New("hv: connector is closed")
 )

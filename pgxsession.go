@@ -55,6 +55,7 @@ type pgxSession struct {
 
 	eqb  pgx.ExtendedQueryBuilder
 	args []any
+	rows pgxRows // the rows of the statement running, if any: one at a time
 }
 
 // schema is what the connection has prepared for one schema: the SET
@@ -108,6 +109,9 @@ func (s *pgxSession) serves(p *physConn, t target, query string, args []driver.N
 			return false
 		}
 	}
+	if s.stmts[stmtKey{schema: t.schema, sql: query}] != nil {
+		return true // it was vetted when it was prepared
+	}
 	return !changesSearchPath(query)
 }
 
@@ -135,7 +139,11 @@ func (s *pgxSession) tryQuery(ctx context.Context, p *physConn, t target, query 
 	if err := s.encode(e, args); err != nil {
 		return nil, err
 	}
-	r := &pgxRows{s: s, p: p, e: e}
+	r := &s.rows
+	if r.rr != nil && !r.done {
+		return nil, ErrConnBusy
+	}
+	*r = pgxRows{s: s, p: p, e: e}
 	if switching {
 		r.mr, r.rr, err = s.sendSwitched(ctx, p, t, e)
 		if err != nil {

@@ -425,3 +425,39 @@ func TestPgxPathErrors(t *testing.T) {
 		t.Errorf("after errors: %+v, %v", got, err)
 	}
 }
+
+// A second statement on a pinned connection whose rows are still open is
+// refused with ErrConnBusy, and the open rows read on undisturbed.
+func TestSecondStatementWhileRowsOpen(t *testing.T) {
+	_, _, db := pinnedFleet(t, "")
+	ctx := WithShard(context.Background(), 1)
+	c, err := db.Conn(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rows, err := c.QueryContext(ctx, "SELECT g FROM generate_series(1, 3) g")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.QueryContext(ctx, "SELECT 1"); !errors.Is(err, ErrConnBusy) {
+		t.Errorf("query while rows are open: got %v, want ErrConnBusy", err)
+	}
+	if _, err := c.ExecContext(ctx, "SELECT 1"); !errors.Is(err, ErrConnBusy) {
+		t.Errorf("exec while rows are open: got %v, want ErrConnBusy", err)
+	}
+	sum := 0
+	for rows.Next() {
+		var g int
+		if err := rows.Scan(&g); err != nil {
+			t.Fatal(err)
+		}
+		sum += g
+	}
+	if err := rows.Close(); err != nil || sum != 6 {
+		t.Errorf("the open rows: sum %d, %v; want 6", sum, err)
+	}
+	if got, err := whereAmI(ctx, c); err != nil || got.Shard != 1 {
+		t.Errorf("after the rows: %+v, %v", got, err)
+	}
+}

@@ -41,6 +41,7 @@ type hostPool struct {
 	retired    bool            // close once no connection is in use
 	shardSlots []chan struct{} // per-shard semaphores (shardMax > 0), made on first use
 
+	shards    atomic.Int64 // how many logical shards the host owns
 	waits     atomic.Int64
 	waitNanos atomic.Int64
 	timeouts  atomic.Int64
@@ -122,18 +123,19 @@ func (h *hostPool) unlock(shard int) {
 // nil to take one from the inner pool.
 //
 // With no other statement of the host in flight, it takes an idle
-// connection already on schema (most recently released first), else none
-// while the host has room for another connection: in time, every shard of a
-// host with no more shards than pool_max gets a connection of its own and
-// statements stop switching schema.
+// connection already on schema (most recently released first); else, when
+// the host owns no more shards than pool_max, none while the host has room
+// for another connection: in time every shard gets a connection of its own
+// and statements stop switching schema.
 //
 // Otherwise the statement switches a connection's schema, and the switch
 // rides along with it: it takes the most recently released connection, as
 // database/sql does, unless that one lacks the schema's prepared statements
 // and another has them (most recent first). Under load it does so even when
-// an older connection is on schema: waking a connection that has been idle
-// longer costs the host's CPUs more than the switch costs the server
-// (BenchmarkRandomShard: 16 shards, 8 goroutines).
+// an older connection is on schema, and a host with more shards than
+// pool_max opens no connection while one is idle: waking a connection that
+// has been idle longer costs the host's CPUs more than the switch costs the
+// server (BenchmarkRandomShard: 16 shards with 8 goroutines, 256 shards).
 func (h *hostPool) takeIdle(schema string) *sql.Conn {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -146,7 +148,7 @@ func (h *hostPool) takeIdle(schema string) *sql.Conn {
 		pick = h.mostRecent(func(ic *idleConn) bool { return ic.schema == schema })
 		// Every permit holder, other than us, holds a connection; so do
 		// the idle ones. Room for one more: let the inner pool give it.
-		if pick < 0 && n < h.poolMax && !h.retired {
+		if pick < 0 && n < h.poolMax && h.shards.Load() <= int64(h.poolMax) && !h.retired {
 			return nil
 		}
 	}

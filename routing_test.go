@@ -329,8 +329,9 @@ func TestChangesSearchPath(t *testing.T) {
 
 // Which idle connection a statement takes (the last idle one is the most
 // recently released): alone on its host, one on its schema, else a new one
-// while there is room; else, and under load, the most recent, unless it
-// lacks the schema's prepared statements and another has them.
+// while there is room and the host owns no more shards than pool_max; else,
+// and under load, the most recent, unless it lacks the schema's prepared
+// statements and another has them.
 func TestTakeIdle(t *testing.T) {
 	with := func(schemas ...string) *physConn {
 		px := &pgxSession{schemas: map[string]*schema{}}
@@ -348,18 +349,21 @@ func TestTakeIdle(t *testing.T) {
 		idle     []idleConn
 		inFlight int // other statements of the host
 		poolMax  int
+		shards   int // the host owns
 		want     int // index into idle, -1 for a new connection
 	}{
-		{"alone: on the schema", []idleConn{on("c"), on("a"), on("b")}, 0, 3, 0},
-		{"alone: room for a new one", []idleConn{on("a"), on("b")}, 0, 3, -1},
-		{"alone, full: the most recent", []idleConn{on("a"), on("b"), on("d")}, 0, 3, 2},
-		{"alone, full: one with the statements", []idleConn{on("a", "c"), on("b"), on("d")}, 0, 3, 0},
-		{"busy: the most recent, not the one on the schema", []idleConn{on("c"), on("a"), on("b", "c")}, 2, 10, 2},
-		{"busy: the most recent lacks the statements", []idleConn{on("a"), on("b", "c"), on("d")}, 2, 10, 1},
-		{"busy: none has them", []idleConn{on("a"), on("b")}, 2, 10, 1},
-		{"lib/pq: the most recent", []idleConn{lib("a"), lib("b")}, 0, 2, 1},
+		{"alone: on the schema", []idleConn{on("c"), on("a"), on("b")}, 0, 3, 3, 0},
+		{"alone: room for a new one", []idleConn{on("a"), on("b")}, 0, 3, 3, -1},
+		{"alone: room, but more shards than pool_max", []idleConn{on("a"), on("b")}, 0, 3, 4, 1},
+		{"alone, full: the most recent", []idleConn{on("a"), on("b"), on("d")}, 0, 3, 3, 2},
+		{"alone, full: one with the statements", []idleConn{on("a", "c"), on("b"), on("d")}, 0, 3, 3, 0},
+		{"busy: the most recent, not the one on the schema", []idleConn{on("c"), on("a"), on("b", "c")}, 2, 10, 3, 2},
+		{"busy: the most recent lacks the statements", []idleConn{on("a"), on("b", "c"), on("d")}, 2, 10, 3, 1},
+		{"busy: none has them", []idleConn{on("a"), on("b")}, 2, 10, 3, 1},
+		{"lib/pq: the most recent", []idleConn{lib("a"), lib("b")}, 0, 2, 3, 1},
 	} {
 		h := &hostPool{idle: append([]idleConn(nil), tc.idle...), poolMax: tc.poolMax, permits: make(chan struct{}, 20)}
+		h.shards.Store(int64(tc.shards))
 		for range tc.inFlight + 1 { // the statement's own permit too
 			h.permits <- struct{}{}
 		}
