@@ -29,18 +29,20 @@ $(BENCHSTAT):
 	$(GO) install golang.org/x/perf/cmd/benchstat@latest
 
 ## bench: routed point SELECTs against direct pgx on the same two servers
-## (fixed shard; random of 16 with 1 and 8 goroutines; random of 256) and a
-## fan-out against one shard. The test binary runs COUNT times, so that the
-## sides alternate run by run (go test -count repeats one benchmark before
-## the next); then benchstat prints medians and ratios side by side.
+## (fixed shard; random of 16 with 1 and 8 goroutines; random of 256), the
+## ways of switching schema on one connection, and a fan-out against one
+## shard. The test binary runs COUNT times, so that the sides alternate run
+## by run (go test -count repeats one benchmark before the next); then
+## benchstat prints medians and ratios side by side.
 bench: $(BENCHSTAT)
 	$(GO) test -c -o hv.bench.test .
 	rm -f bench.out
 	for i in $$(seq $(COUNT)); do echo "run $$i of $(COUNT)"; \
-		./hv.bench.test -test.run '^$$' -test.bench 'PointSelect|RandomShard|FanOut$$' -test.benchmem \
+		./hv.bench.test -test.run '^$$' -test.bench 'PointSelect|RandomShard|SchemaSwitch|FanOut$$' -test.benchmem \
 			-test.benchtime $(BENCHTIME) -test.count 1 >> bench.out || exit 1; done
 	rm -f hv.bench.test
 	$(BENCHSTAT) -filter '.name:/^(PointSelect|RandomShard)/' -col /via bench.out
+	$(BENCHSTAT) -filter '.name:SchemaSwitch' -col /via bench.out
 	$(BENCHSTAT) -filter '.name:FanOut' -col /via bench.out
 
 FUZZTIME ?= 10s

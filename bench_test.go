@@ -16,6 +16,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
 )
 
 // BenchmarkPointSelect compares the same point SELECT on one fixed shard
@@ -321,4 +324,131 @@ func machineCPU() time.Duration {
 		ticks += n
 	}
 	return time.Duration(ticks) * time.Second / 100 // USER_HZ
+}
+
+// BenchmarkSchemaSwitch measures the ways of running a point SELECT on a
+// random one of 128 schemas over one pgx connection, which the design of
+// hv's pgx path chose between (pgxsession.go):
+//
+//   - direct: schema-qualified SQL, one prepared statement per schema (the
+//     baseline; no switch);
+//   - set-round-trip: SET search_path in a round trip of its own, then the
+//     statement (one prepared statement for every schema, as pgx caches it);
+//   - batch-shared: the SET and the statement in one round trip, one
+//     prepared statement for every schema (the server re-analyses it after
+//     each switch);
+//   - batch-per-schema: the SET (prepared) and the statement in one round
+//     trip, the statement prepared once per schema (hv's way).
+func BenchmarkSchemaSwitch(b *testing.B) {
+	const schemas = 128
+	f := newTestFleet(b, fleetOptions{perHost: schemas})
+	ctx := context.Background()
+	db := f.directDBs(b, 1)[0]
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	const unqualified = "SELECT shard FROM t WHERE id = $1"
+	type schemaStmts struct {
+		set, perSchema, qualified *pgconn.StatementDescription
+	}
+	stmts := make([]schemaStmts, schemas+1)
+	var shared *pgconn.StatementDescription
+	err = conn.Raw(func(dc any) error {
+		pg := dc.(*stdlib.Conn).Conn().PgConn()
+		var err error
+		for s := 1; s <= schemas; s++ {
+			st := &stmts[s]
+			set := fmt.Sprintf("SET search_path TO shard%04d", s)
+			if st.set, err = pg.Prepare(ctx, fmt.Sprintf("set%d", s), set, nil); err != nil {
+				return err
+			}
+			if err = pg.Exec(ctx, set).Close(); err != nil {
+				return err
+			}
+			if st.perSchema, err = pg.Prepare(ctx, fmt.Sprintf("own%d", s), unqualified, nil); err != nil {
+				return err
+			}
+			q := fmt.Sprintf("SELECT shard FROM shard%04d.t WHERE id = $1", s)
+			if st.qualified, err = pg.Prepare(ctx, fmt.Sprintf("q%d", s), q, nil); err != nil {
+				return err
+			}
+		}
+		shared, err = pg.Prepare(ctx, "shared", unqualified, nil)
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	zero := [][]byte{{0, 0, 0, 0}}
+	binary := []int16{1}
+	// read checks that the statement's one row is shard s's.
+	read := func(rr *pgconn.ResultReader, s int) error {
+		got := -1
+		for rr.NextRow() {
+			v := rr.Values()[0]
+			got = int(int32(uint32(v[0])<<24 | uint32(v[1])<<16 | uint32(v[2])<<8 | uint32(v[3])))
+		}
+		if _, err := rr.Close(); err != nil {
+			return err
+		}
+		if got != s {
+			return fmt.Errorf("schema %d answered %d", s, got)
+		}
+		return nil
+	}
+	batch := func(pg *pgconn.PgConn, set, stmt *pgconn.StatementDescription, s int) error {
+		var bt pgconn.Batch
+		bt.ExecPrepared(set.Name, nil, nil, nil)
+		bt.ExecStatement(stmt, zero, binary, binary)
+		mr := pg.ExecBatch(ctx, &bt)
+		if !mr.NextResult() {
+			return mr.Close()
+		}
+		if _, err := mr.ResultReader().Close(); err != nil {
+			return err
+		}
+		if !mr.NextResult() {
+			return mr.Close()
+		}
+		if err := read(mr.ResultReader(), s); err != nil {
+			return err
+		}
+		return mr.Close()
+	}
+	ways := []struct {
+		name string
+		run  func(pg *pgconn.PgConn, s int) error
+	}{
+		{"direct", func(pg *pgconn.PgConn, s int) error {
+			return read(pg.ExecStatement(ctx, stmts[s].qualified, zero, binary, binary), s)
+		}},
+		{"set-round-trip", func(pg *pgconn.PgConn, s int) error {
+			if _, err := pg.ExecStatement(ctx, stmts[s].set, nil, nil, nil).Close(); err != nil {
+				return err
+			}
+			return read(pg.ExecStatement(ctx, shared, zero, binary, binary), s)
+		}},
+		{"batch-shared", func(pg *pgconn.PgConn, s int) error { return batch(pg, stmts[s].set, shared, s) }},
+		{"batch-per-schema", func(pg *pgconn.PgConn, s int) error { return batch(pg, stmts[s].set, stmts[s].perSchema, s) }},
+	}
+	for _, w := range ways {
+		b.Run("via="+w.name, func(b *testing.B) {
+			r := rand.New(rand.NewPCG(1, 2))
+			err := conn.Raw(func(dc any) error {
+				pg := dc.(*stdlib.Conn).Conn().PgConn()
+				defer reportCPU(b)()
+				for b.Loop() {
+					if err := w.run(pg, 1+r.IntN(schemas)); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
 }

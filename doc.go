@@ -59,7 +59,10 @@
 // runs the statement and gives the connection back when the Rows or Result
 // is done. A statement whose context names no shard fails with ErrNoShard;
 // one naming a shard no host owns with ErrUnknownShard. hv remembers each
-// connection's schema and only sends SET search_path when it changes.
+// connection's schema and only sends SET search_path when it changes; on
+// pgx it sends that SET in the same round trip as the statement, and
+// prepares each statement once per schema, so that a routed statement costs
+// about what the same statement sent directly through pgx costs.
 //
 // # Pinned connections and transactions
 //

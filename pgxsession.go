@@ -140,9 +140,6 @@ func (s *pgxSession) tryQuery(ctx context.Context, p *physConn, t target, query 
 		return nil, err
 	}
 	r := &s.rows
-	if r.rr != nil && !r.done {
-		return nil, ErrConnBusy
-	}
 	*r = pgxRows{s: s, p: p, e: e}
 	if switching {
 		r.mr, r.rr, err = s.sendSwitched(ctx, p, t, e)
@@ -225,8 +222,8 @@ func (s *pgxSession) execSimple(ctx context.Context, p *physConn, t target, quer
 		p.countSwitch(t)
 		query = t.setPath + ";\n" + query
 	}
-	if s.conn.IsClosed() {
-		return nil, driver.ErrBadConn
+	if err := s.ready(); err != nil {
+		return nil, err
 	}
 	p.forgetFor(query)
 	var tag pgconn.CommandTag
@@ -246,8 +243,8 @@ func (s *pgxSession) execSimple(ctx context.Context, p *physConn, t target, quer
 // preparing it when the connection has none, and whether the session must
 // still switch to t's schema to run it (a preparation switches first).
 func (s *pgxSession) statement(ctx context.Context, p *physConn, t target, query string) (*stmtEntry, bool, error) {
-	if s.conn.IsClosed() {
-		return nil, false, driver.ErrBadConn
+	if err := s.ready(); err != nil {
+		return nil, false, err
 	}
 	switching := !t.inTx && p.schema != t.schema
 	key := stmtKey{schema: t.schema, sql: query}
@@ -257,6 +254,18 @@ func (s *pgxSession) statement(ctx context.Context, p *physConn, t target, query
 	}
 	e, err := s.prepare(ctx, p, t, key, switching)
 	return e, false, err
+}
+
+// ready returns driver.ErrBadConn when the connection is closed, as stdlib
+// does, and ErrConnBusy while the rows of an earlier statement are open.
+func (s *pgxSession) ready() error {
+	if s.conn.IsClosed() {
+		return driver.ErrBadConn
+	}
+	if s.rows.rr != nil && !s.rows.done {
+		return ErrConnBusy
+	}
+	return nil
 }
 
 // encode encodes args for e's parameters into s.eqb.
@@ -281,19 +290,28 @@ func (s *pgxSession) sendSwitched(ctx context.Context, p *physConn, t target, e 
 	b.ExecPrepared(s.schemas[t.schema].setName, nil, nil, nil)
 	b.ExecStatement(e.sd, s.eqb.ParamValues, s.eqb.ParamFormats, e.resultFormats)
 	mr := s.conn.PgConn().ExecBatch(ctx, &b)
-	if !mr.NextResult() { // the SET's result
-		return nil, nil, batchEnded(mr)
+	err := readSet(mr)
+	if err == nil {
+		if mr.NextResult() { // the statement's
+			return mr, mr.ResultReader(), nil
+		}
+		err = batchEnded(mr)
+	}
+	s.failed(e, err)
+	return nil, nil, err
+}
+
+// readSet reads the result of the SET that opens a batch; on error the
+// batch is closed.
+func readSet(mr *pgconn.MultiResultReader) error {
+	if !mr.NextResult() {
+		return batchEnded(mr)
 	}
 	if _, err := mr.ResultReader().Close(); err != nil {
 		_ = mr.Close()
-		return nil, nil, err
+		return err
 	}
-	if !mr.NextResult() { // the statement's
-		err := batchEnded(mr)
-		s.failed(e, err)
-		return nil, nil, err
-	}
-	return mr, mr.ResultReader(), nil
+	return nil
 }
 
 // batchEnded closes a batch that has no more results than were read, and

@@ -363,9 +363,11 @@ func TestPgxPathStatementCache(t *testing.T) {
 			t.Errorf("round %d: %d statements prepared by hv on the connection, want at most 5", round, n)
 		}
 	}
+	// check runs a statement prepared before on each shard, switching
+	// schema with the first (the connection is on shard 1).
 	check := func(what string) {
 		t.Helper()
-		for _, s := range []int{1, 2, 1} {
+		for _, s := range []int{2, 1, 2, 1} {
 			got, err := whereAmI(WithShard(ctx, s), db)
 			if err != nil || got.Shard != s {
 				t.Fatalf("after %s: shard %d: %+v, %v", what, s, got, err)
