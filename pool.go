@@ -564,22 +564,12 @@ func (p *physConn) exec(ctx context.Context, t target, query string, args []driv
 	if err := p.useSchema(ctx, t); err != nil {
 		return nil, err
 	}
-	if p.txMode && !t.inTx {
-		nargs, err := p.convert(args)
-		if err != nil {
-			return nil, err
-		}
-		ex, ok := p.Conn.(driver.ExecerContext)
-		if !ok {
-			return nil, errors.New("hv: inner driver connection does not implement ExecerContext")
-		}
-		return p.execLocal(ctx, ex, query, nargs)
-	}
 	return p.execInner(ctx, query, args, t.inTx)
 }
 
-// execInner runs query on the inner connection as it is, on whatever
-// schema the session is on.
+// execInner runs query on the inner connection after converting its
+// arguments, on the schema the session is on (in pool_mode=transaction, on
+// the one useSchema named).
 func (p *physConn) execInner(ctx context.Context, query string, args []driver.NamedValue, inTx bool) (driver.Result, error) {
 	nargs, err := p.convert(args)
 	if err != nil {
@@ -588,6 +578,9 @@ func (p *physConn) execInner(ctx context.Context, query string, args []driver.Na
 	ex, ok := p.Conn.(driver.ExecerContext)
 	if !ok {
 		return nil, errors.New("hv: inner driver connection does not implement ExecerContext")
+	}
+	if p.txMode && !inTx {
+		return p.execLocal(ctx, ex, query, nargs)
 	}
 	p.forgetFor(query)
 	res, err := ex.ExecContext(ctx, query, nargs)
