@@ -379,9 +379,10 @@ func (s *pgxSession) prepare(ctx context.Context, p *physConn, t target, key stm
 		err = cerr
 	}
 	if err != nil {
-		// The server may hold the statements all the same: close them later.
-		s.stale = append(s.stale, name)
-		if sch.stmts == 0 && s.schemas[key.schema] == nil {
+		// The closes ran before whatever failed (Close never fails). The
+		// SET's Parse may have: close the new names later.
+		s.stale = append(s.stale[:0], name)
+		if newSchema {
 			s.stale = append(s.stale, sch.setName)
 		}
 		return nil, err

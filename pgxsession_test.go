@@ -426,6 +426,22 @@ func TestPgxPathErrors(t *testing.T) {
 	if got, err := whereAmI(WithShard(ctx, 2), db); err != nil || got.Shard != 2 {
 		t.Errorf("after errors: %+v, %v", got, err)
 	}
+	// Statements that fail to prepare leave at most their own names to
+	// close: the list of names to close does not grow with them.
+	for i := range 20 {
+		if _, err := db.QueryContext(WithShard(ctx, 1+i%2), fmt.Sprintf("SELECT * FROM missing%d", i)); err == nil {
+			t.Fatal("a missing table: no error")
+		}
+	}
+	for _, h := range connectorOf(t, db).fleet.Load().hosts {
+		h.mu.Lock()
+		for _, ic := range h.idle {
+			if n := len(ic.phys.px.stale); n > 2 {
+				t.Errorf("host %s: %d statement names waiting to be closed after failed preparations", h.name, n)
+			}
+		}
+		h.mu.Unlock()
+	}
 }
 
 // A second statement on a pinned connection whose rows are still open is
