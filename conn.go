@@ -255,8 +255,9 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 	return c.PrepareContext(context.Background(), query)
 }
 
-// BeginTx starts a transaction on the shard's schema. The search_path is
-// set before BEGIN, so a rollback cannot undo it.
+// BeginTx starts a transaction on the shard's schema. A switch of schema
+// goes before BEGIN: on pgx in the same message (a rollback undoes it, and
+// hv forgets the schema then), else in a statement of its own.
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	if c.tx != nil {
 		return nil, errors.New("hv: a transaction is already open on this connection")
@@ -273,7 +274,13 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	var itx driver.Tx
 	err := c.phys.Raw(func(dc any) error {
 		pc := dc.(*physConn)
-		if err := pc.useSchema(ctx, c.target()); err != nil {
+		t := c.target()
+		if pc.px != nil && pc.schema != t.schema {
+			var err error
+			itx, err = pc.px.begin(ctx, pc, t, opts)
+			return err
+		}
+		if err := pc.useSchema(ctx, t); err != nil {
 			return err
 		}
 		if pc.txMode {

@@ -22,7 +22,8 @@ package hv
 //   - when the connection must switch schema, the SET travels in the same
 //     round trip as the statement (one pgconn batch: SET, Bind, Execute,
 //     Sync). Both run in the batch's implicit transaction: if the statement
-//     fails, the switch is undone with it, and hv forgets the schema.
+//     fails, the switch is undone with it, and hv forgets the schema. A
+//     transaction's switch travels with its BEGIN.
 //
 // Results are converted as stdlib converts them (pgxrows.go). Statements
 // this path does not serve go through stdlib as before, after a switch of
@@ -237,6 +238,48 @@ func (s *pgxSession) execSimple(ctx context.Context, p *physConn, t target, quer
 	}
 	p.schema = t.schema
 	return driver.RowsAffected(tag.RowsAffected()), nil
+}
+
+// begin starts a transaction on t's schema on a connection that is on
+// another one, switching in the same message: "SET search_path TO …; BEGIN
+// …". The SET then belongs to the transaction, so a rollback undoes it:
+// the returned transaction makes hv forget the schema when it ends in one.
+func (s *pgxSession) begin(ctx context.Context, p *physConn, t target, opts driver.TxOptions) (driver.Tx, error) {
+	begin, err := beginStatement(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.ready(); err != nil {
+		return nil, err
+	}
+	p.schema = ""
+	p.countSwitch(t)
+	if err := s.conn.PgConn().Exec(ctx, t.setPath+"; "+begin).Close(); err != nil {
+		return nil, badConn(err)
+	}
+	p.schema = t.schema
+	return switchedTx{p: p}, nil
+}
+
+// switchedTx is a transaction begun by begin. It ends with COMMIT or
+// ROLLBACK sent through pgx, not cancelled with any statement's context.
+type switchedTx struct{ p *physConn }
+
+// Commit commits; a COMMIT the server turned into a rollback (the
+// transaction had failed) undid the switch and returns
+// pgx.ErrTxCommitRollback.
+func (t switchedTx) Commit() error {
+	err := t.p.endLocal("COMMIT")
+	if err != nil {
+		t.p.schema = ""
+	}
+	return err
+}
+
+// Rollback rolls back, the switch with it.
+func (t switchedTx) Rollback() error {
+	t.p.schema = ""
+	return t.p.endLocal("ROLLBACK")
 }
 
 // statement returns the prepared statement for query on t's schema,

@@ -479,3 +479,79 @@ func TestSecondStatementWhileRowsOpen(t *testing.T) {
 		t.Errorf("after the rows: %+v, %v", got, err)
 	}
 }
+
+// A transaction that has to switch schema sends the SET with its BEGIN, so
+// the SET belongs to the transaction: after a rollback (or a commit the
+// server turned into one) hv must switch again, after a commit it need not.
+// Isolation and read-only options hold.
+func TestBeginSwitchesInItsOwnMessage(t *testing.T) {
+	f, c, db := pinnedFleet(t, "")
+	ctx := context.Background()
+	onShard := func(shard int) {
+		t.Helper()
+		got, err := whereAmI(WithShard(ctx, shard), db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := f.expect(t, shard); got != want {
+			t.Fatalf("shard %d ran at %+v, want %+v", shard, got, want)
+		}
+	}
+	count := func(shard int) int {
+		t.Helper()
+		var n int
+		if err := db.QueryRowContext(WithShard(ctx, shard), "SELECT count(*) FROM t WHERE id = 7").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, end := range []string{"rollback", "failed commit", "commit"} {
+		onShard(1)
+		before := switches(c)
+		tx, err := db.BeginTx(WithShard(ctx, 2), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := switches(c) - before; got != 1 {
+			t.Errorf("%s: %d switches for BEGIN, want 1", end, got)
+		}
+		if _, err := tx.ExecContext(ctx, "INSERT INTO t VALUES (7, 2, current_schema())"); err != nil {
+			t.Fatal(err)
+		}
+		switch end {
+		case "rollback":
+			err = tx.Rollback()
+		case "failed commit":
+			_, _ = tx.ExecContext(ctx, "SELECT 1/0")
+			if err = tx.Commit(); err == nil {
+				t.Errorf("commit after a failed statement: no error")
+			}
+			err = nil
+		case "commit":
+			err = tx.Commit()
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		onShard(2)
+		if want := map[bool]int{true: 1, false: 0}[end == "commit"]; count(2) != want {
+			t.Errorf("%s: %d rows with id 7 on shard 2, want %d", end, count(2), want)
+		}
+	}
+	onShard(1)
+	tx, err := db.BeginTx(WithShard(ctx, 2), &sql.TxOptions{Isolation: sql.LevelSerializable, ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback()
+	var iso, ro string
+	if err := tx.QueryRowContext(ctx, "SELECT current_setting('transaction_isolation'), current_setting('transaction_read_only')").Scan(&iso, &ro); err != nil {
+		t.Fatal(err)
+	}
+	if iso != "serializable" || ro != "on" {
+		t.Errorf("isolation %q, read only %q; want serializable, on", iso, ro)
+	}
+	if _, err := tx.ExecContext(ctx, "DELETE FROM t"); err == nil {
+		t.Error("a write in a read-only transaction: no error")
+	}
+}

@@ -1,7 +1,9 @@
 package hv
 
 import (
+	"database/sql"
 	"database/sql/driver"
+	"fmt"
 )
 
 // tx is a transaction pinned to one physical connection on one shard.
@@ -31,4 +33,27 @@ func (t *tx) end(f func() error) error {
 		return err
 	})
 	return c.fail(err)
+}
+
+// beginStatement returns the BEGIN statement for opts, as pgx writes it, or
+// an error for an isolation level PostgreSQL does not have.
+func beginStatement(opts driver.TxOptions) (string, error) {
+	begin := "BEGIN"
+	switch sql.IsolationLevel(opts.Isolation) {
+	case sql.LevelDefault:
+	case sql.LevelReadUncommitted:
+		begin += " ISOLATION LEVEL READ UNCOMMITTED"
+	case sql.LevelReadCommitted:
+		begin += " ISOLATION LEVEL READ COMMITTED"
+	case sql.LevelRepeatableRead, sql.LevelSnapshot:
+		begin += " ISOLATION LEVEL REPEATABLE READ"
+	case sql.LevelSerializable:
+		begin += " ISOLATION LEVEL SERIALIZABLE"
+	default:
+		return "", fmt.Errorf("hv: unsupported isolation: %v", sql.IsolationLevel(opts.Isolation))
+	}
+	if opts.ReadOnly {
+		begin += " READ ONLY"
+	}
+	return begin, nil
 }

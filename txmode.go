@@ -34,10 +34,8 @@ package hv
 
 import (
 	"context"
-	"database/sql"
 	"database/sql/driver"
 	"errors"
-	"fmt"
 	"reflect"
 
 	"github.com/jackc/pgx/v5"
@@ -108,22 +106,9 @@ func (p *physConn) beginLocal(ctx context.Context, opts driver.TxOptions) (drive
 	if err != nil {
 		return nil, err
 	}
-	begin := "BEGIN"
-	switch sql.IsolationLevel(opts.Isolation) {
-	case sql.LevelDefault:
-	case sql.LevelReadUncommitted:
-		begin += " ISOLATION LEVEL READ UNCOMMITTED"
-	case sql.LevelReadCommitted:
-		begin += " ISOLATION LEVEL READ COMMITTED"
-	case sql.LevelRepeatableRead, sql.LevelSnapshot:
-		begin += " ISOLATION LEVEL REPEATABLE READ"
-	case sql.LevelSerializable:
-		begin += " ISOLATION LEVEL SERIALIZABLE"
-	default:
-		return nil, fmt.Errorf("hv: unsupported isolation: %v", sql.IsolationLevel(opts.Isolation))
-	}
-	if opts.ReadOnly {
-		begin += " READ ONLY"
+	begin, err := beginStatement(opts)
+	if err != nil {
+		return nil, err
 	}
 	if err := p.execPlain(ctx, begin+"; "+setLocal(schema)); err != nil {
 		return nil, err
