@@ -21,7 +21,7 @@ import (
 type pgxRows struct {
 	s  *pgxSession
 	p  *physConn
-	e  *stmtEntry                // the statement; nil when it was not prepared by hv
+	e  *stmtEntry                // the statement
 	rr *pgconn.ResultReader      // the statement's result
 	mr *pgconn.MultiResultReader // non-nil when the schema switch rode along
 	// schema is what the session's search_path is on once the rows end

@@ -452,10 +452,12 @@ func (s *pgxSession) newName() string {
 	return "hv_" + strconv.FormatUint(s.seq, 10)
 }
 
-// valueFuncs returns the conversions for a result described by fds: e's,
-// made once, when e's description has the result's columns.
+// valueFuncs returns the conversions for a result of e described by fds:
+// e's own, made once, when e's description has the result's columns (a
+// statement whose columns were unknown at preparation, such as a FETCH, is
+// described anew by each execution).
 func (s *pgxSession) valueFuncs(e *stmtEntry, fds []pgconn.FieldDescription) []valueFunc {
-	if e != nil && e.valueFuncs != nil {
+	if e.valueFuncs != nil {
 		return e.valueFuncs
 	}
 	m := s.conn.TypeMap()
@@ -463,7 +465,7 @@ func (s *pgxSession) valueFuncs(e *stmtEntry, fds []pgconn.FieldDescription) []v
 	for i := range fds {
 		vfs[i] = newValueFunc(m, &fds[i])
 	}
-	if e != nil && len(e.sd.Fields) == len(fds) && len(fds) > 0 {
+	if len(e.sd.Fields) == len(fds) && len(fds) > 0 {
 		e.valueFuncs = vfs
 	}
 	return vfs

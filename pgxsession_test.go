@@ -555,3 +555,43 @@ func TestBeginSwitchesInItsOwnMessage(t *testing.T) {
 		t.Error("a write in a read-only transaction: no error")
 	}
 }
+
+// A cursor's FETCH, whose columns are unknown when it is prepared before the
+// cursor exists, is described by each execution.
+func TestPgxPathCursor(t *testing.T) {
+	_, _, db := pinnedFleet(t, "")
+	ctx := WithShard(context.Background(), 2)
+	for round := range 2 {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tx.ExecContext(ctx, "DECLARE c CURSOR FOR SELECT g, g::text AS s FROM generate_series(1, 5) g"); err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, n := range []int{2, 10} {
+			rows, err := tx.QueryContext(ctx, fmt.Sprintf("FETCH %d FROM c", n))
+			if err != nil {
+				t.Fatal(err)
+			}
+			for rows.Next() {
+				var g int64
+				var s string
+				if err := rows.Scan(&g, &s); err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, fmt.Sprintf("%d:%s", g, s))
+			}
+			if err := rows.Close(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := tx.Commit(); err != nil {
+			t.Fatal(err)
+		}
+		if want := "[1:1 2:2 3:3 4:4 5:5]"; fmt.Sprint(got) != want {
+			t.Errorf("round %d: fetched %v, want %s", round, got, want)
+		}
+	}
+}
