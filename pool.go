@@ -411,12 +411,8 @@ func (p *physConn) useSchema(ctx context.Context, t target) error {
 // switchSchema sends t's SET search_path in a round trip of its own.
 func (p *physConn) switchSchema(ctx context.Context, t target) error {
 	p.schema = ""
-	ex, ok := p.Conn.(driver.ExecerContext)
-	if !ok {
-		return errors.New("hv: inner driver connection does not implement ExecerContext")
-	}
 	p.countSwitch(t)
-	if _, err := ex.ExecContext(ctx, t.setPath, nil); err != nil {
+	if err := p.execPlain(ctx, t.setPath); err != nil {
 		return err
 	}
 	p.schema = t.schema
