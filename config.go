@@ -78,13 +78,13 @@ type Config struct {
 	SchemaPattern string
 	// Epoch is the time Keys count milliseconds from; zero means DefaultEpoch.
 	Epoch time.Time
-	// NumShards is the count of logical shards the application spreads its
+	// KeyShards is the count of logical shards the application spreads its
 	// own keys over (DSN num_shards): WithShardKey maps an integer key k to
-	// shard k mod NumShards and a string key to a stable hash mod NumShards
-	// (see ShardForKey), so hosts should own shards 0..NumShards-1. Zero
-	// means WithShardKey is not configured. It is unrelated to the
-	// package constant NumShards, the size of the shard space (8192).
-	NumShards int
+	// shard k mod KeyShards and a string key to a stable hash mod KeyShards
+	// (see ShardForKey), so hosts should own shards 0..KeyShards-1. Zero
+	// means WithShardKey is not configured. The shard space itself is the
+	// package constant NumShards (8192), what a Key can address.
+	KeyShards int
 	// ShardFunc, when set, replaces the default key-to-shard mapping of
 	// WithShardKey and Connector.ShardFor. It must be safe for concurrent
 	// use and return the same shard for the same key every time.
@@ -258,7 +258,7 @@ func (c *Config) Validate() error {
 			return cfgPlace{where: "Config." + map[string]string{
 				"pool_max": "PoolMax", "pool_block_timeout": "PoolBlockTimeout",
 				"driver": "Driver", "schema": "SchemaPattern", "epoch": "Epoch",
-				"num_shards": "NumShards", "shard_max": "ShardMax",
+				"num_shards": "KeyShards", "shard_max": "ShardMax",
 				"pool_mode": "PoolMode",
 			}[key]}
 		},
@@ -308,8 +308,8 @@ func (c *Config) validate(where cfgPlaces) error {
 	if msg := checkSchemaPattern(c.SchemaPattern); msg != "" {
 		return where.global("schema").errorf("schema pattern %q %s", c.SchemaPattern, msg)
 	}
-	if c.NumShards < 0 || c.NumShards > NumShards {
-		return where.global("num_shards").errorf("num_shards %d is outside 1..%d (0 leaves it unset)", c.NumShards, NumShards)
+	if c.KeyShards < 0 || c.KeyShards > NumShards {
+		return where.global("num_shards").errorf("num_shards %d is outside 1..%d (0 leaves it unset)", c.KeyShards, NumShards)
 	}
 	if c.ShardMax < 0 {
 		return where.global("shard_max").errorf("shard_max %d is negative", c.ShardMax)
@@ -561,8 +561,8 @@ func (c *Config) String() string {
 			g = append(g, "epoch="+dsnQuote(c.Epoch.Format(time.RFC3339Nano), false))
 		}
 	}
-	if c.NumShards != 0 {
-		g = append(g, "num_shards="+strconv.Itoa(c.NumShards))
+	if c.KeyShards != 0 {
+		g = append(g, "num_shards="+strconv.Itoa(c.KeyShards))
 	}
 	if c.ShardMax != 0 {
 		g = append(g, "shard_max="+strconv.Itoa(c.ShardMax))
@@ -776,7 +776,7 @@ func (s *dsnSegment) global(cfg *Config, p *dsnPair) error {
 				"num_shards": fmt.Sprintf("1..%d", NumShards), "shard_max": "0..pool_max (0: no cap)"}[p.key])
 		}
 		if p.key == "num_shards" {
-			cfg.NumShards = n
+			cfg.KeyShards = n
 		} else {
 			cfg.ShardMax = n
 		}

@@ -77,7 +77,7 @@ func TestParseConfigAccepted(t *testing.T) {
 			"shards=0-16 host=db1; num_shards=16 shard_max=3",
 			func() *Config {
 				c := cfgDefaults(hostCfg(0, 16, "host", "db1"))
-				c.NumShards, c.ShardMax = 16, 3
+				c.KeyShards, c.ShardMax = 16, 3
 				return c
 			}()},
 		{"whole range, trailing and empty segments",

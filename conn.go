@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
-	"fmt"
 	"time"
 )
 
@@ -14,20 +13,24 @@ import (
 // and a statement has needed one: from the first statement until the
 // connection goes back to the outer pool (IsValid) or is closed. A *sql.Conn
 // or *sql.Tx therefore stays on one physical connection and one shard.
+//
+// conn routes; the session behind the physical connection sends
+// (session.go).
 type conn struct {
 	connector     *Connector
 	ownsConnector bool
 
 	// intended is the shard named by the context the connection was checked
-	// out with (db.Conn(hv.WithShard(ctx, n))), or -1.
-	intended int
+	// out with (db.Conn(hv.WithShard(ctx, n))), or -1; intendedErr is why
+	// that context's shard key could not be mapped.
+	intended    int
+	intendedErr error
 
-	// The physical lease, when held.
-	host    *hostPool
-	fleet   *fleet
+	// The physical lease, when held: where the shard lives, the inner
+	// pool's connection and the shard_max slot it holds.
+	place   *placement
 	phys    *sql.Conn
-	shard   int
-	schema  string
+	slot    *semaphore
 	tx      *tx
 	rows    *rows // the open rows, if any: rowsBuf, one at a time
 	rowsBuf rows
@@ -47,9 +50,11 @@ var (
 
 // checkout records the shard the checkout context names.
 func (c *conn) checkout(ctx context.Context) {
-	c.intended = -1
-	if s, ok, _ := c.connector.shardOf(ctx, c.connector.fleet.Load()); ok {
+	c.intended, c.intendedErr = -1, nil
+	if s, ok, err := c.connector.shardOf(ctx, c.connector.fleet.Load()); ok {
 		c.intended = s
+	} else {
+		c.intendedErr = err
 	}
 }
 
@@ -68,7 +73,7 @@ func (c *conn) ResetSession(ctx context.Context) error {
 // the outer pool: the physical connection goes back to its host's pool.
 func (c *conn) IsValid() bool {
 	c.release()
-	c.intended = -1
+	c.intended, c.intendedErr = -1, nil
 	return !c.connector.closed.Load()
 }
 
@@ -94,69 +99,71 @@ func (c *conn) release() {
 		c.tx = nil
 		discard(c.phys)
 	}
-	c.host.release(c.phys, c.shard)
-	c.host, c.fleet, c.phys, c.shard, c.schema = nil, nil, nil, -1, ""
+	c.place.host.release(c.phys, c.slot)
+	c.place, c.phys, c.slot = nil, nil, nil
 }
 
 // CheckNamedValue passes every argument through unchanged; the inner
 // driver's own conversion runs when the statement executes.
 func (c *conn) CheckNamedValue(*driver.NamedValue) error { return nil }
 
-// route returns the shard a statement with ctx runs on: the shard the
-// connection is pinned to, else the one on ctx, else the checkout's.
-func (c *conn) route(ctx context.Context) (int, error) {
-	s, ok, err := c.connector.shardOf(ctx, c.connector.fleet.Load())
+// route returns the shard a statement with ctx runs on, mapped on fleet f:
+// the shard the connection is pinned to, else the one on ctx, else the
+// checkout's.
+func (c *conn) route(ctx context.Context, f *fleet) (int, error) {
+	s, ok, err := c.connector.shardOf(ctx, f)
 	if err != nil {
 		return 0, err
 	}
-	pinned := c.shard
-	if pinned < 0 {
-		pinned = c.intended
+	pinned := c.intended
+	if c.place != nil {
+		pinned = c.place.shard
 	}
 	switch {
 	case pinned >= 0 && ok && s != pinned:
-		return 0, fmt.Errorf("%w: statement for shard %d on a connection of shard %d", ErrShardMismatch, s, pinned)
+		return 0, errorf(ErrShardMismatch, "statement for shard %d on a connection of shard %d", s, pinned)
 	case pinned >= 0:
 		return pinned, nil
 	case ok:
 		return s, nil
+	case c.intendedErr != nil:
+		return 0, c.intendedErr
 	}
 	return 0, ErrNoShard
 }
 
 // lease routes ctx and makes sure the connection holds a physical connection
-// of the shard's host.
+// of the shard's host. The fleet is read once, so that a shard mapped from
+// a key is placed by the same generation; a pool retired by Reconfigure
+// between the two makes the statement route again on the new fleet.
 func (c *conn) lease(ctx context.Context) error {
-	shard, err := c.route(ctx)
-	if err != nil {
-		return err
-	}
-	if c.phys != nil {
-		return nil
-	}
-	if c.connector.closed.Load() {
-		return ErrClosed
-	}
 	f := c.connector.fleet.Load()
-	h, err := f.host(shard)
-	if err != nil {
-		return err
-	}
-	pc, err := h.acquire(ctx, shard, f.schemas[shard])
-	if err != nil {
-		return err
-	}
-	c.host, c.fleet, c.phys, c.shard, c.schema = h, f, pc, shard, f.schemas[shard]
-	return nil
-}
-
-// target is where the connection's statements run: its shard's schema.
-func (c *conn) target() target {
-	return target{
-		schema:   c.schema,
-		setPath:  c.fleet.setPath[c.shard],
-		counters: c.host.counters(c.shard),
-		inTx:     c.tx != nil,
+	for {
+		shard, err := c.route(ctx, f)
+		if err != nil || c.phys != nil {
+			return err
+		}
+		if c.connector.closed.Load() {
+			return ErrClosed
+		}
+		p, err := f.place(shard)
+		if err != nil {
+			return err
+		}
+		pc, slot, err := p.host.acquire(ctx, p)
+		if err == errPoolRetired {
+			next := c.connector.fleet.Load()
+			if next == f { // closed, not reconfigured
+				return ErrClosed
+			}
+			f = next
+			continue
+		}
+		if err != nil {
+			return err
+		}
+		c.place, c.phys, c.slot = p, pc, slot
+		return nil
 	}
 }
 
@@ -166,7 +173,7 @@ func (c *conn) fail(err error) error {
 	if err == nil {
 		return nil
 	}
-	err = fmt.Errorf("hv: shard %d on host %s: %w", c.shard, c.host.name, err)
+	err = shardErr(c.place.shard, c.place.host.name, err)
 	if errors.Is(err, driver.ErrBadConn) {
 		c.release()
 	}
@@ -191,14 +198,14 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 		start = time.Now()
 	}
 	var inner driver.Rows
-	err := c.phys.Raw(func(dc any) error {
+	err := withSession(c.phys, func(s *session) error {
 		var err error
-		inner, err = dc.(*physConn).query(ctx, c.target(), query, args)
+		inner, err = s.query(ctx, c.place, query, args)
 		return err
 	})
-	c.host.countStatement(c.shard, err)
+	c.place.countStatement(err)
 	if debug {
-		c.connector.logStatement(ctx, c.shard, c.host.name, start, err)
+		c.connector.logStatement(ctx, c.place, start, err)
 	}
 	if err != nil {
 		return nil, c.fail(err)
@@ -226,14 +233,14 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		start = time.Now()
 	}
 	var res driver.Result
-	err := c.phys.Raw(func(dc any) error {
+	err := withSession(c.phys, func(s *session) error {
 		var err error
-		res, err = dc.(*physConn).exec(ctx, c.target(), query, args)
+		res, err = s.exec(ctx, c.place, query, args)
 		return err
 	})
-	c.host.countStatement(c.shard, err)
+	c.place.countStatement(err)
 	if debug {
-		c.connector.logStatement(ctx, c.shard, c.host.name, start, err)
+		c.connector.logStatement(ctx, c.place, start, err)
 	}
 	if err != nil {
 		return nil, c.fail(err)
@@ -244,7 +251,7 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 // PrepareContext returns a statement that keeps the SQL and runs it on the
 // shard of each execution's context; nothing is sent to a server here.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
-	if _, err := c.route(ctx); err != nil && !errors.Is(err, ErrNoShard) {
+	if _, err := c.route(ctx, c.connector.fleet.Load()); err != nil && !errors.Is(err, ErrNoShard) {
 		return nil, err
 	}
 	return &stmt{c: c, query: query}, nil
@@ -255,9 +262,8 @@ func (c *conn) Prepare(query string) (driver.Stmt, error) {
 	return c.PrepareContext(context.Background(), query)
 }
 
-// BeginTx starts a transaction on the shard's schema. A switch of schema
-// goes before BEGIN: on pgx in the same message (a rollback undoes it, and
-// hv forgets the schema then), else in a statement of its own.
+// BeginTx starts a transaction on the shard's schema (the session switches
+// before BEGIN, on pgx in the same message).
 func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, error) {
 	if c.tx != nil {
 		return nil, errors.New("hv: a transaction is already open on this connection")
@@ -272,34 +278,9 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		return nil, err
 	}
 	var itx driver.Tx
-	err := c.phys.Raw(func(dc any) error {
-		pc := dc.(*physConn)
-		t := c.target()
-		if pc.px != nil && pc.schema != t.schema {
-			var err error
-			itx, err = pc.px.begin(ctx, pc, t, opts)
-			return err
-		}
-		if err := pc.useSchema(ctx, t); err != nil {
-			return err
-		}
-		if pc.txMode {
-			var err error
-			itx, err = pc.beginLocal(ctx, opts)
-			return err
-		}
-		b, ok := pc.Conn.(driver.ConnBeginTx)
-		if !ok {
-			return errors.New("hv: inner driver connection does not implement ConnBeginTx")
-		}
-		// database/sql rolls back when ctx is cancelled; the inner driver
-		// must still be able to send that ROLLBACK, so it gets a context
-		// that is not cancelled with ctx.
+	err := withSession(c.phys, func(s *session) error {
 		var err error
-		itx, err = b.BeginTx(context.WithoutCancel(ctx), opts)
-		if err != nil {
-			pc.schema = ""
-		}
+		itx, err = s.begin(ctx, c.place, opts)
 		return err
 	})
 	if err != nil {
@@ -317,17 +298,11 @@ func (c *conn) Begin() (driver.Tx, error) {
 // Ping checks the shard's host when the context names a shard (or the
 // connection is pinned to one), and every host otherwise.
 func (c *conn) Ping(ctx context.Context) error {
-	if _, err := c.route(ctx); errors.Is(err, ErrNoShard) {
+	if _, err := c.route(ctx, c.connector.fleet.Load()); errors.Is(err, ErrNoShard) {
 		return c.connector.pingAll(ctx)
 	}
 	if err := c.lease(ctx); err != nil {
 		return err
 	}
-	err := c.phys.Raw(func(dc any) error {
-		if p, ok := dc.(*physConn).Conn.(driver.Pinger); ok {
-			return p.Ping(ctx)
-		}
-		return nil
-	})
-	return c.fail(err)
+	return c.fail(withSession(c.phys, func(s *session) error { return s.ping(ctx) }))
 }

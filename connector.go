@@ -7,8 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"maps"
+
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,18 +33,57 @@ type Connector struct {
 	mu     sync.Mutex // serialises Reset and Close
 }
 
-// fleet is one generation of host pools. Reset swaps in a new one; statements
-// that already hold a connection finish on the generation they started on.
+// fleet is one generation of the shard map and its host pools. Reconfigure
+// and Reset swap in a new one; statements that already hold a connection
+// finish on the generation they started on.
 type fleet struct {
-	hosts  []*hostPool
-	ranges []ShardRange // ranges[i] is the shard range hosts[i] owns
+	hosts  []fleetHost  // in configuration order
+	shards []*placement // indexed by shard; nil where no host owns it
 
-	numShards int                        // Config.NumShards
+	keyShards int                        // Config.KeyShards
 	shardFunc func(key any) (int, error) // Config.ShardFunc
 	logger    *slog.Logger               // Config.Logger
-	byShard   []*hostPool                // indexed by shard; nil where no host owns it
-	schemas   []string                   // indexed by shard: the schema name
-	setPath   []string                   // indexed by shard: the statement that switches to it
+}
+
+// fleetHost is a host of a fleet and the shards it owns.
+type fleetHost struct {
+	pool   *hostPool
+	shards ShardRange
+}
+
+// placement is where one shard lives in a fleet: its host and schema, the
+// statement that switches a session to the schema, and the shard's
+// counters on the host.
+type placement struct {
+	shard    int
+	host     *hostPool
+	schema   string
+	setPath  string
+	counters *shardCounters
+}
+
+// place returns shard's placement, or a *ShardError wrapping
+// ErrUnknownShard.
+func (f *fleet) place(shard int) (*placement, error) {
+	if shard < 0 || shard > MaxShard {
+		return nil, &ShardError{Shard: shard, Err: errorf(ErrUnknownShard, "shards are 0..%d", MaxShard)}
+	}
+	if p := f.shards[shard]; p != nil {
+		return p, nil
+	}
+	return nil, &ShardError{Shard: shard, Err: ErrUnknownShard}
+}
+
+// owned returns every shard the fleet owns, in order.
+func (f *fleet) owned() []int {
+	var out []int
+	for _, h := range f.hosts {
+		for s := h.shards.Start; s < h.shards.End; s++ {
+			out = append(out, s)
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // HostStats describes one physical host of a Connector.
@@ -89,7 +129,7 @@ func newConnector(cfg *Config, inner innerConnectorFunc) (*Connector, error) {
 	if err := c.cfg.Validate(); err != nil {
 		return nil, err
 	}
-	f, err := c.newFleet(nil)
+	f, err := c.newFleet(&c.cfg, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -97,65 +137,65 @@ func newConnector(cfg *Config, inner innerConnectorFunc) (*Connector, error) {
 	return c, nil
 }
 
-// newFleet opens the pools of c.cfg's hosts, taking over those in keep
-// (by poolKey) instead of opening them again; it removes what it takes from
-// keep.
-func (c *Connector) newFleet(keep map[string]*hostPool) (*fleet, error) {
+// newFleet opens the pools of cfg's hosts, taking over those in keep (by
+// their connection string) instead of opening them again, with cfg's pool
+// settings applied in place; it removes what it takes from keep.
+func (c *Connector) newFleet(cfg *Config, keep map[string]*hostPool) (*fleet, error) {
 	f := &fleet{
-		byShard:   make([]*hostPool, NumShards),
-		schemas:   make([]string, NumShards),
-		setPath:   make([]string, NumShards),
-		numShards: c.cfg.NumShards,
-		shardFunc: c.cfg.ShardFunc,
-		logger:    c.cfg.Logger,
+		shards:    make([]*placement, NumShards),
+		keyShards: cfg.KeyShards,
+		shardFunc: cfg.ShardFunc,
+		logger:    cfg.Logger,
 	}
 	var opened []*hostPool
-	for i := range c.cfg.Hosts {
-		hc := &c.cfg.Hosts[i]
-		key := c.poolKey(hc)
+	var configure []func() // kept pools take cfg's settings once nothing can fail
+	for i := range cfg.Hosts {
+		hc := &cfg.Hosts[i]
+		connString := innerConnString(cfg, hc)
+		key := cfg.Driver + "\x00" + string(cfg.PoolMode) + "\x00" + connString
+		set := poolSettings{poolMax: cfg.poolMaxOf(hc), shardMax: cfg.ShardMax,
+			blockTimeout: cfg.PoolBlockTimeout, logger: cfg.Logger}
 		h, ok := keep[key]
 		if ok {
 			delete(keep, key)
+			configure = append(configure, func() { h.configure(set) })
 		} else {
 			var err error
-			if h, err = c.openHost(hc); err != nil {
+			if h, err = c.openHost(cfg, hc, connString, set); err != nil {
 				for _, h := range opened {
 					_ = h.close()
 				}
 				return nil, err
 			}
+			h.key = key
 			opened = append(opened, h)
 		}
 		h.shards.Store(int64(hc.Shards.End - hc.Shards.Start))
-		f.hosts = append(f.hosts, h)
-		f.ranges = append(f.ranges, hc.Shards)
+		f.hosts = append(f.hosts, fleetHost{pool: h, shards: hc.Shards})
 		for s := hc.Shards.Start; s < hc.Shards.End; s++ {
-			f.byShard[s] = h
-			f.schemas[s] = c.cfg.SchemaName(s)
-			f.setPath[s] = "SET search_path TO " + quoteIdent(f.schemas[s])
+			schema := cfg.SchemaName(s)
+			f.shards[s] = &placement{shard: s, host: h, schema: schema,
+				setPath: "SET search_path TO " + quoteIdent(schema), counters: h.counters(s)}
 		}
+	}
+	for _, apply := range configure {
+		apply()
 	}
 	return f, nil
 }
 
-// poolKey identifies what a host's pool is made of: its connection
-// parameters and every setting its pool depends on. Reconfigure keeps a
-// host's pool when its key stays the same.
-func (c *Connector) poolKey(hc *HostConfig) string {
-	poolMax := c.cfg.PoolMax
+// poolMaxOf returns the connection limit of host hc.
+func (c *Config) poolMaxOf(hc *HostConfig) int {
 	if hc.PoolMax > 0 {
-		poolMax = hc.PoolMax
+		return hc.PoolMax
 	}
-	conn := HostConfig{Params: hc.Params}
-	return fmt.Sprintf("%s\x00%s\x00%d\x00%d\x00%v\x00%p", conn.ConnString(), c.cfg.Driver,
-		poolMax, c.cfg.ShardMax, c.cfg.PoolBlockTimeout, c.cfg.Logger)
+	return c.PoolMax
 }
 
-func (c *Connector) openHost(hc *HostConfig) (*hostPool, error) {
-	poolMax := c.cfg.PoolMax
-	if hc.PoolMax > 0 {
-		poolMax = hc.PoolMax
-	}
+// innerConnString returns the connection string hv gives the inner driver
+// for host hc, with hv's defaults filled in. Reconfigure keeps a host's
+// pool when it, the driver and the pool mode stay the same.
+func innerConnString(cfg *Config, hc *HostConfig) string {
 	params := make(map[string]string, len(hc.Params)+2)
 	for k, v := range hc.Params {
 		params[k] = v
@@ -163,43 +203,37 @@ func (c *Connector) openHost(hc *HostConfig) (*hostPool, error) {
 	if _, ok := params["connect_timeout"]; !ok {
 		// Bound connecting by about the block timeout, so that a host that
 		// does not answer fails a statement in about that long.
-		secs := int(math.Ceil(c.cfg.PoolBlockTimeout.Seconds()))
+		secs := int(math.Ceil(cfg.PoolBlockTimeout.Seconds()))
 		params["connect_timeout"] = strconv.Itoa(max(secs, 2))
 	}
 	if _, ok := params["application_name"]; !ok {
 		params["application_name"] = "hv"
 	}
-	txMode := c.cfg.PoolMode == PoolModeTransaction
-	if _, ok := params["default_query_exec_mode"]; !ok && txMode {
+	if _, ok := params["default_query_exec_mode"]; !ok && cfg.PoolMode == PoolModeTransaction {
 		params["default_query_exec_mode"] = "exec" // no named statements
 	}
-	inner := HostConfig{Shards: hc.Shards, Params: params}
-	name := hc.Name()
+	return HostConfig{Params: params}.ConnString()
+}
 
-	ic, err := c.innerConnector(inner.ConnString())
+// openHost opens the pool of host hc over the inner connection string
+// connString (from innerConnString).
+func (c *Connector) openHost(cfg *Config, hc *HostConfig, connString string, set poolSettings) (*hostPool, error) {
+	ic, err := c.innerConnector(cfg.Driver, connString)
 	if err != nil {
-		return nil, fmt.Errorf("%w: host %s (shards %s): %s", ErrBadConfig, name, hc.Shards, redactErr(err, hc))
+		return nil, fmt.Errorf("%w: host %s (shards %s): %s", ErrBadConfig, hc.Name(), hc.Shards, redactErr(err, hc))
 	}
-	h := &hostPool{
-		name:         name,
-		permits:      make(chan struct{}, poolMax),
-		poolMax:      poolMax,
-		shardMax:     c.cfg.ShardMax,
-		blockTimeout: c.cfg.PoolBlockTimeout,
-		logger:       c.cfg.Logger,
-	}
-	h.db = sql.OpenDB(trackingConnector{inner: ic, switches: &h.switches, txMode: txMode})
-	h.db.SetMaxOpenConns(poolMax)
-	h.db.SetMaxIdleConns(poolMax)
+	sc := sessionConnector{inner: ic, txMode: cfg.PoolMode == PoolModeTransaction}
+	h := newHostPool(hc.Name(), sql.OpenDB(&sc), set)
+	sc.switches = &h.switches
 	return h, nil
 }
 
 // innerConnector returns the inner driver's connector for one host.
-func (c *Connector) innerConnector(connString string) (driver.Connector, error) {
+func (c *Connector) innerConnector(driverName, connString string) (driver.Connector, error) {
 	if c.inner != nil {
 		return c.inner(connString)
 	}
-	switch c.cfg.Driver {
+	switch driverName {
 	case "pgx", "":
 		pc, err := pgx.ParseConfig(connString)
 		if err != nil {
@@ -209,7 +243,7 @@ func (c *Connector) innerConnector(connString string) (driver.Connector, error) 
 	case "postgres":
 		return pq.NewConnector(connString)
 	}
-	return nil, fmt.Errorf("unknown driver %q (want pgx or postgres)", c.cfg.Driver)
+	return nil, fmt.Errorf("unknown driver %q (want pgx or postgres)", driverName)
 }
 
 // redactErr returns err's text with the host's password removed.
@@ -225,15 +259,15 @@ func redactErr(err error, hc *HostConfig) string {
 
 func (f *fleet) close() {
 	for _, h := range f.hosts {
-		_ = h.close()
+		_ = h.pool.close()
 	}
 }
 
 // retire closes the pools of f that are not in keep once they are idle.
 func (f *fleet) retire(keep map[*hostPool]bool) {
 	for _, h := range f.hosts {
-		if !keep[h] {
-			h.retire()
+		if !keep[h.pool] {
+			h.pool.retire()
 		}
 	}
 }
@@ -245,7 +279,7 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if c.closed.Load() {
 		return nil, ErrClosed
 	}
-	cn := &conn{connector: c, intended: -1, shard: -1}
+	cn := &conn{connector: c, intended: -1}
 	cn.checkout(ctx)
 	return cn, nil
 }
@@ -284,7 +318,7 @@ func (c *Connector) Reset() error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
-	f, err := c.newFleet(nil)
+	f, err := c.newFleet(&c.cfg, nil)
 	if err != nil {
 		return err
 	}
@@ -319,20 +353,18 @@ func (c *Connector) Reconfigure(cfg *Config) error {
 	}
 	old := c.fleet.Load()
 	keep := make(map[string]*hostPool, len(old.hosts))
-	for i, h := range old.hosts {
-		keep[c.poolKey(&c.cfg.Hosts[i])] = h
+	for _, h := range old.hosts {
+		keep[h.pool.key] = h.pool
 	}
-	prev := c.cfg
-	c.cfg = next
-	f, err := c.newFleet(maps.Clone(keep))
+	f, err := c.newFleet(&next, keep)
 	if err != nil {
-		c.cfg = prev
 		return err
 	}
 	kept := make(map[*hostPool]bool, len(f.hosts))
 	for _, h := range f.hosts {
-		kept[h] = true
+		kept[h.pool] = true
 	}
+	c.cfg = next
 	c.fleet.Store(f)
 	old.retire(kept)
 	return nil
@@ -343,17 +375,18 @@ func (c *Connector) Reconfigure(cfg *Config) error {
 func (c *Connector) Stats() []HostStats {
 	f := c.fleet.Load()
 	out := make([]HostStats, len(f.hosts))
-	for i, h := range f.hosts {
+	for i, fh := range f.hosts {
+		h := fh.pool
 		out[i] = HostStats{
 			Host:           h.name,
-			Shards:         f.ranges[i],
-			PoolMax:        h.poolMax,
+			Shards:         fh.shards,
+			PoolMax:        h.poolMax(),
 			DB:             h.stats(),
 			WaitCount:      h.waits.Load(),
 			WaitDuration:   time.Duration(h.waitNanos.Load()),
 			Timeouts:       h.timeouts.Load(),
 			SchemaSwitches: h.switches.Load(),
-			ShardStats:     h.shardStats(f.ranges[i]),
+			ShardStats:     h.shardStats(fh.shards),
 		}
 	}
 	return out
@@ -362,23 +395,11 @@ func (c *Connector) Stats() []HostStats {
 // SchemaFor returns the schema name of shard and the name of the host that
 // owns it, or an error wrapping ErrUnknownShard.
 func (c *Connector) SchemaFor(shard int) (schema, host string, err error) {
-	f := c.fleet.Load()
-	h, err := f.host(shard)
+	p, err := c.fleet.Load().place(shard)
 	if err != nil {
 		return "", "", err
 	}
-	return f.schemas[shard], h.name, nil
-}
-
-func (f *fleet) host(shard int) (*hostPool, error) {
-	if shard < 0 || shard > MaxShard {
-		return nil, fmt.Errorf("%w: shard %d is outside 0..%d", ErrUnknownShard, shard, MaxShard)
-	}
-	h := f.byShard[shard]
-	if h == nil {
-		return nil, fmt.Errorf("%w: shard %d", ErrUnknownShard, shard)
-	}
-	return h, nil
+	return p.schema, p.host.name, nil
 }
 
 // pingAll pings every host concurrently and returns the errors joined, each
@@ -389,8 +410,8 @@ func (c *Connector) pingAll(ctx context.Context) error {
 	var wg sync.WaitGroup
 	for i, h := range f.hosts {
 		wg.Go(func() {
-			if err := h.db.PingContext(ctx); err != nil {
-				errs[i] = fmt.Errorf("hv: host %s: %w", h.name, err)
+			if err := h.pool.db.PingContext(ctx); err != nil {
+				errs[i] = fmt.Errorf("hv: host %s: %w", h.pool.name, err)
 			}
 		})
 	}
@@ -398,8 +419,8 @@ func (c *Connector) pingAll(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-func (c *Connector) logStatement(ctx context.Context, shard int, host string, start time.Time, err error) {
-	attrs := []slog.Attr{slog.Int("shard", shard), slog.String("host", host), slog.Duration("duration", time.Since(start))}
+func (c *Connector) logStatement(ctx context.Context, p *placement, start time.Time, err error) {
+	attrs := []slog.Attr{slog.Int("shard", p.shard), slog.String("host", p.host.name), slog.Duration("duration", time.Since(start))}
 	if err != nil {
 		attrs = append(attrs, slog.String("error", err.Error()))
 	}

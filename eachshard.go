@@ -4,9 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"errors"
-	"fmt"
 	"slices"
-	"strings"
 	"sync"
 )
 
@@ -62,54 +60,8 @@ func (r *EachShardResult) Err() error {
 	if r.err != nil {
 		return r.err
 	}
-	if len(r.Failed) == 0 {
-		return nil
-	}
-	shards := make([]int, 0, len(r.Failed))
-	for s := range r.Failed {
-		shards = append(shards, s)
-	}
-	slices.Sort(shards)
-	errs := make([]error, len(shards))
-	for i, s := range shards {
-		errs[i] = r.Failed[s]
-	}
-	return errors.Join(errs...)
+	return joinShardErrors(r.Failed)
 }
-
-// ShardError is the error of one shard in an EachShardResult (and in the
-// errors of CreateShards and CheckLayout): it names the shard and the host
-// that owns it. Unwrap returns the underlying error.
-type ShardError struct {
-	// Shard is the logical shard that failed.
-	Shard int
-	// Host is the owning host's name ("host:port/dbname"), or "" when no
-	// host owns the shard.
-	Host string
-	// Err is why the shard failed.
-	Err error
-}
-
-// Error returns "hv: shard N on host H: <error>". When the underlying error
-// already starts with that prefix (hv's own statement errors do), it is not
-// repeated.
-func (e *ShardError) Error() string {
-	prefix := fmt.Sprintf("hv: shard %d", e.Shard)
-	if e.Host != "" {
-		prefix += " on host " + e.Host
-	}
-	msg := "<nil>"
-	if e.Err != nil {
-		msg = e.Err.Error()
-	}
-	if strings.HasPrefix(msg, prefix+": ") {
-		return msg
-	}
-	return prefix + ": " + msg
-}
-
-// Unwrap returns the underlying error.
-func (e *ShardError) Unwrap() error { return e.Err }
 
 // EachShard runs fn on every shard of the fleet behind db and c (db must be
 // sql.OpenDB(c)), each shard in its own transaction on its own schema: a
@@ -130,7 +82,7 @@ func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn EachShardFunc, 
 		res.err = errors.New("hv: EachShard needs a *sql.DB, its *Connector and an EachShardFunc")
 		return res
 	}
-	hosts := c.Stats()
+	hosts := c.fleet.Load().hosts
 
 	// The work, grouped by host in configuration order.
 	work := make([][]int, len(hosts))
@@ -142,7 +94,7 @@ func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn EachShardFunc, 
 		}
 		seen[s] = true
 		for i, h := range hosts {
-			if h.Shards.Contains(s) {
+			if h.shards.Contains(s) {
 				work[i] = append(work[i], s)
 				return
 			}
@@ -151,7 +103,7 @@ func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn EachShardFunc, 
 	}
 	if opts.Shards == nil {
 		for _, h := range hosts {
-			for s := h.Shards.Start; s < h.Shards.End; s++ {
+			for s := h.shards.Start; s < h.shards.End; s++ {
 				add(s)
 			}
 		}
@@ -168,7 +120,7 @@ func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn EachShardFunc, 
 		mu.Lock()
 		defer mu.Unlock()
 		if err != nil {
-			err = &ShardError{Shard: shard, Host: host, Err: err}
+			err = shardErr(shard, host, err)
 			res.Failed[shard] = err
 		} else {
 			res.Committed = append(res.Committed, shard)
@@ -179,7 +131,7 @@ func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn EachShardFunc, 
 		}
 	}
 	for _, s := range unowned {
-		finish(s, "", fmt.Errorf("%w: shard %d", ErrUnknownShard, s))
+		finish(s, "", ErrUnknownShard)
 	}
 
 	var wg sync.WaitGroup
@@ -187,8 +139,8 @@ func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn EachShardFunc, 
 		if len(shards) == 0 {
 			continue
 		}
-		h := hosts[i]
-		n := h.PoolMax
+		h := hosts[i].pool
+		n := h.poolMax()
 		if opts.Concurrency > 0 && opts.Concurrency < n {
 			n = opts.Concurrency
 		}
@@ -197,7 +149,7 @@ func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn EachShardFunc, 
 		for range n {
 			wg.Go(func() {
 				for s := range next {
-					finish(s, h.Host, runShardTx(ctx, db, s, fn, opts.TxOptions))
+					finish(s, h.name, runShardTx(ctx, db, s, fn, opts.TxOptions))
 				}
 			})
 		}
@@ -208,7 +160,7 @@ func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn EachShardFunc, 
 				case next <- s:
 				case <-ctx.Done():
 					for _, s := range shards[k:] {
-						finish(s, h.Host, fmt.Errorf("not run: %w", context.Cause(ctx)))
+						finish(s, h.name, note(context.Cause(ctx), "not run"))
 					}
 					return
 				}
@@ -224,7 +176,7 @@ func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn EachShardFunc, 
 // back when fn fails.
 func runShardTx(ctx context.Context, db *sql.DB, shard int, fn EachShardFunc, txo *sql.TxOptions) error {
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("not run: %w", context.Cause(ctx))
+		return note(context.Cause(ctx), "not run")
 	}
 	sctx := WithShard(ctx, shard)
 	tx, err := db.BeginTx(sctx, txo)
@@ -233,12 +185,12 @@ func runShardTx(ctx context.Context, db *sql.DB, shard int, fn EachShardFunc, tx
 	}
 	if err := fn(sctx, tx, shard); err != nil {
 		if rerr := tx.Rollback(); rerr != nil && !errors.Is(rerr, sql.ErrTxDone) {
-			return errors.Join(err, fmt.Errorf("rollback: %w", rerr))
+			return errors.Join(err, note(rerr, "rollback"))
 		}
 		return err
 	}
 	if err := tx.Commit(); err != nil {
-		return fmt.Errorf("commit: %w", err)
+		return note(err, "commit")
 	}
 	return nil
 }

@@ -5,21 +5,9 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
-	"io"
+	"maps"
 	"slices"
-	"sort"
 	"sync"
-)
-
-var (
-	// ErrFanOutPinned is returned when a fan-out statement runs inside a
-	// transaction or on a *sql.Conn pinned to one shard, and by BeginTx on
-	// a fan-out context (a transaction lives on one shard).
-	ErrFanOutPinned = errors.New("hv: fan-out is refused inside a transaction or on a pinned Conn; run it on the *sql.DB")
-
-	// ErrColumnMismatch is returned when the shards of a fan-out return
-	// different columns.
-	ErrColumnMismatch = errors.New("hv: fan-out shards returned different columns")
 )
 
 // SortKey names a result column that every shard's rows are sorted by, for
@@ -114,40 +102,25 @@ func (r *FanOutReport) Failed() map[int]error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	out := make(map[int]error, len(r.failed))
-	for s, err := range r.failed {
-		out[s] = err
-	}
+	maps.Copy(out, r.failed)
 	return out
 }
 
 // Err returns the failures joined in shard order, or nil when every shard
 // succeeded.
-func (r *FanOutReport) Err() error {
-	failed := r.Failed()
-	shards := make([]int, 0, len(failed))
-	for s := range failed {
-		shards = append(shards, s)
-	}
-	sort.Ints(shards)
-	errs := make([]error, len(shards))
-	for i, s := range shards {
-		errs[i] = failed[s]
-	}
-	return errors.Join(errs...)
-}
+func (r *FanOutReport) Err() error { return joinShardErrors(r.Failed()) }
 
-// fanOut is one fan-out statement's plan: the shards, grouped by host, and
-// a per-host limit on how many run at once.
+// fanOut is one fan-out statement's plan: the shards' placements in shard
+// order, and per host a limit on how many run at once.
 type fanOut struct {
-	fleet         *fleet
-	shards        []int
-	hostOf        map[int]*hostPool
+	connector     *Connector
+	places        []*placement
 	slots         map[*hostPool]chan struct{}
 	perHostShards map[*hostPool]int
 	opts          fanOutOptions
 }
 
-// planFanOut resolves the shards of route on the current fleet.
+// planFanOut places the shards of route on the current fleet.
 func (c *conn) planFanOut(ctx context.Context, route shardRoute) (*fanOut, error) {
 	if c.tx != nil || c.phys != nil || c.intended >= 0 {
 		return nil, ErrFanOutPinned
@@ -157,29 +130,22 @@ func (c *conn) planFanOut(ctx context.Context, route shardRoute) (*fanOut, error
 	}
 	f := c.connector.fleet.Load()
 	p := &fanOut{
-		fleet:         f,
-		hostOf:        map[int]*hostPool{},
+		connector:     c.connector,
 		slots:         map[*hostPool]chan struct{}{},
 		perHostShards: map[*hostPool]int{},
 		opts:          fanOutOptionsFrom(ctx),
 	}
-	if route.all {
-		for _, r := range f.ranges {
-			for s := r.Start; s < r.End; s++ {
-				p.shards = append(p.shards, s)
-			}
-		}
-	} else {
-		p.shards = slices.Clone(route.shards)
-		slices.Sort(p.shards)
-		p.shards = slices.Compact(p.shards)
+	shards := f.owned()
+	if !route.all {
+		shards = slices.Clone(route.shards)
+		slices.Sort(shards)
+		shards = slices.Compact(shards)
 	}
-	if len(p.shards) == 0 {
-		return nil, fmt.Errorf("%w: fan-out names no shards", ErrUnknownShard)
+	if len(shards) == 0 {
+		return nil, errorf(ErrUnknownShard, "fan-out names no shards")
 	}
-	owned := p.shards[:0]
-	for _, s := range p.shards {
-		h, err := f.host(s)
+	for _, s := range shards {
+		pl, err := f.place(s)
 		if err != nil {
 			if p.opts.report == nil {
 				return nil, err
@@ -187,15 +153,14 @@ func (c *conn) planFanOut(ctx context.Context, route shardRoute) (*fanOut, error
 			p.opts.report.record(s, err) // partial results: skip it
 			continue
 		}
-		owned = append(owned, s)
-		p.hostOf[s] = h
-		p.perHostShards[h]++
+		p.places = append(p.places, pl)
+		p.perHostShards[pl.host]++
 	}
-	if p.shards = owned; len(p.shards) == 0 {
-		return nil, fmt.Errorf("hv: every shard of the fan-out failed: %w", p.opts.report.Err())
+	if len(p.places) == 0 {
+		return nil, errEveryShardFailed(p.opts.report)
 	}
 	for h := range p.perHostShards {
-		n := h.poolMax
+		n := h.poolMax()
 		if p.opts.perHost > 0 && p.opts.perHost < n {
 			n = p.opts.perHost
 		}
@@ -204,38 +169,38 @@ func (c *conn) planFanOut(ctx context.Context, route shardRoute) (*fanOut, error
 	return p, nil
 }
 
-// onShard runs fn on a physical connection of shard's host, with the target
-// of the shard's schema for fn's statement, holding one of the fan-out's
-// slots for that host. Errors name the shard and host.
-func (p *fanOut) onShard(ctx context.Context, shard int, fn func(pc *physConn, t target) error) error {
-	h := p.hostOf[shard]
-	slots := p.slots[h]
+// errEveryShardFailed is the error of a fan-out with partial results whose
+// every shard failed.
+func errEveryShardFailed(report *FanOutReport) error {
+	return fmt.Errorf("hv: every shard of the fan-out failed: %w", report.Err())
+}
+
+// onShard runs fn on a session of pl's host, holding one of the fan-out's
+// slots for that host. A pool that Reconfigure retired meanwhile is left
+// for the shard's new owner. Errors are *ShardError.
+func (p *fanOut) onShard(ctx context.Context, pl *placement, fn func(s *session, pl *placement) error) error {
+	slots := p.slots[pl.host]
 	select {
 	case slots <- struct{}{}:
 	case <-ctx.Done():
-		return fmt.Errorf("hv: shard %d on host %s: %w", shard, h.name, context.Cause(ctx))
+		return shardErr(pl.shard, pl.host.name, context.Cause(ctx))
 	}
 	defer func() { <-slots }()
-	sc, err := h.acquire(ctx, shard, p.fleet.schemas[shard])
-	if err != nil {
-		return err
-	}
-	defer h.release(sc, shard)
-	err = sc.Raw(func(dc any) error {
-		pc := dc.(*physConn)
-		err := fn(pc, target{schema: p.fleet.schemas[shard], setPath: p.fleet.setPath[shard], counters: h.counters(shard)})
-		if err != nil {
-			pc.schema = ""
+	sc, slot, err := pl.host.acquire(ctx, pl)
+	for err == errPoolRetired {
+		if pl, err = p.connector.fleet.Load().place(pl.shard); err == nil {
+			sc, slot, err = pl.host.acquire(ctx, pl)
 		}
-		return err
-	})
-	if !errors.Is(err, errRowsClosed) {
-		h.countStatement(shard, err)
 	}
 	if err != nil {
-		return fmt.Errorf("hv: shard %d on host %s: %w", shard, h.name, err)
+		return err
 	}
-	return nil
+	defer pl.host.release(sc, slot)
+	err = withSession(sc, func(s *session) error { return fn(s, pl) })
+	if !errors.Is(err, errRowsClosed) {
+		pl.countStatement(err)
+	}
+	return shardErr(pl.shard, pl.host.name, err)
 }
 
 // fanOutExec runs query on every shard of the plan and returns the sum of
@@ -247,362 +212,36 @@ func (c *conn) fanOutExec(ctx context.Context, route shardRoute, query string, a
 		return nil, err
 	}
 	var (
-		mu    sync.Mutex
-		total int64
-		errs  []error
-		wg    sync.WaitGroup
+		mu     sync.Mutex
+		total  int64
+		failed = map[int]error{}
+		wg     sync.WaitGroup
 	)
-	for _, shard := range p.shards {
+	for _, pl := range p.places {
 		wg.Go(func() {
-			err := p.onShard(ctx, shard, func(pc *physConn, t target) error {
-				res, err := pc.exec(ctx, t, query, args)
-				if err != nil {
-					return err
+			var n int64
+			err := p.onShard(ctx, pl, func(s *session, pl *placement) error {
+				res, err := s.exec(ctx, pl, query, args)
+				if err == nil {
+					n, err = res.RowsAffected()
 				}
-				n, err := res.RowsAffected()
-				if err != nil {
-					return err
-				}
-				mu.Lock()
-				total += n
-				mu.Unlock()
-				return nil
+				return err
 			})
-			if err != nil {
-				if p.opts.report != nil {
-					p.opts.report.record(shard, err)
-					return
-				}
-				mu.Lock()
-				errs = append(errs, err)
-				mu.Unlock()
+			if err != nil && p.opts.report != nil {
+				p.opts.report.record(pl.shard, err)
+				return
 			}
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				failed[pl.shard] = err
+			}
+			total += n
 		})
 	}
 	wg.Wait()
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+	if err := joinShardErrors(failed); err != nil {
+		return nil, err
 	}
 	return driver.RowsAffected(total), nil
-}
-
-// batchRows is how many rows a shard sends to the merging reader at a time.
-const batchRows = 64
-
-// shardMsg is what a shard's worker sends: first its columns, then batches
-// of rows, and last a message with done set and the shard's error, if any.
-type shardMsg struct {
-	shard int
-	cols  []string
-	rows  [][]driver.Value
-	done  bool
-	err   error
-}
-
-// fanRows is the driver.Rows of a fan-out query. Workers, one per shard,
-// stream batches of rows to it; it hands them out in arrival order or, with
-// WithMergeOrder, merged by the sort keys.
-type fanRows struct {
-	plan   *fanOut
-	cancel context.CancelCauseFunc
-	wg     sync.WaitGroup
-	cols   []string
-
-	// unordered: one channel for every shard
-	merged chan shardMsg
-	live   int // shards that have not sent done
-
-	// ordered: one stream per shard and a heap of those with a current row
-	streams []*shardStream
-	keys    []sortCol
-	heap    []*shardStream
-
-	cur     [][]driver.Value
-	emitted int
-	err     error
-	closed  bool
-}
-
-var errRowsClosed = errors.New("hv: fan-out rows closed")
-
-// fanOutQuery starts the plan's shard queries and returns once the result's
-// columns are known.
-func (c *conn) fanOutQuery(ctx context.Context, route shardRoute, query string, args []driver.NamedValue) (driver.Rows, error) {
-	p, err := c.planFanOut(ctx, route)
-	if err != nil {
-		return nil, err
-	}
-	wctx, cancel := context.WithCancelCause(ctx)
-	r := &fanRows{plan: p, cancel: cancel}
-	ordered := len(p.opts.order) > 0
-	if ordered {
-		r.streams = make([]*shardStream, len(p.shards))
-		for i, shard := range p.shards {
-			st := &shardStream{shard: shard, ch: make(chan shardMsg, 2)}
-			r.streams[i] = st
-			// Streams wait for each other in a merge, so a host with more
-			// shards than slots would stall: those shards read their whole
-			// result into memory and give their connection back.
-			h := p.hostOf[shard]
-			buffer := p.perHostShards[h] > cap(p.slots[h])
-			r.start(wctx, shard, query, args, st.ch, buffer)
-		}
-	} else {
-		r.merged = make(chan shardMsg, min(2*len(p.shards), 64))
-		r.live = len(p.shards)
-		for _, shard := range p.shards {
-			r.start(wctx, shard, query, args, r.merged, false)
-		}
-	}
-	if err := r.init(); err != nil {
-		r.Close()
-		return nil, err
-	}
-	return r, nil
-}
-
-// start runs shard's query in a worker goroutine that sends to out.
-func (r *fanRows) start(ctx context.Context, shard int, query string, args []driver.NamedValue, out chan<- shardMsg, buffer bool) {
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
-		var held []shardMsg
-		send := func(m shardMsg) bool {
-			if buffer && !m.done {
-				held = append(held, m)
-				return true
-			}
-			select {
-			case out <- m:
-				return true
-			case <-ctx.Done():
-				return false
-			}
-		}
-		err := r.plan.onShard(ctx, shard, func(pc *physConn, t target) error {
-			return readShard(ctx, pc, t, shard, query, args, send)
-		})
-		buffer = false // from here on, send for real
-		for _, m := range held {
-			if !send(m) {
-				return
-			}
-		}
-		send(shardMsg{shard: shard, done: true, err: err})
-	}()
-}
-
-// readShard runs query on pc and sends its columns and rows in batches.
-func readShard(ctx context.Context, pc *physConn, t target, shard int, query string, args []driver.NamedValue, send func(shardMsg) bool) error {
-	rows, err := pc.query(ctx, t, query, args)
-	if err != nil {
-		return err
-	}
-	defer rows.Close()
-	cols := rows.Columns()
-	if !send(shardMsg{shard: shard, cols: cols}) {
-		return context.Cause(ctx)
-	}
-	n := len(cols)
-	var batch [][]driver.Value
-	var backing []driver.Value
-	for {
-		if backing == nil {
-			backing = make([]driver.Value, batchRows*n)
-			batch = make([][]driver.Value, 0, batchRows)
-		}
-		dest := backing[len(batch)*n : (len(batch)+1)*n : (len(batch)+1)*n]
-		err := rows.Next(dest)
-		if err == io.EOF {
-			break
-		}
-		if err != nil {
-			return err
-		}
-		for i, v := range dest {
-			if b, ok := v.([]byte); ok { // the driver may reuse it on the next row
-				dest[i] = slices.Clone(b)
-			}
-		}
-		batch = append(batch, dest)
-		if len(batch) == batchRows {
-			if !send(shardMsg{shard: shard, rows: batch}) {
-				return context.Cause(ctx)
-			}
-			batch, backing = nil, nil
-		}
-	}
-	if len(batch) > 0 && !send(shardMsg{shard: shard, rows: batch}) {
-		return context.Cause(ctx)
-	}
-	return nil
-}
-
-// init waits for the columns: the first shard's (unordered) or every
-// shard's (ordered), failing on a shard's error unless partial results were
-// asked for.
-func (r *fanRows) init() error {
-	if r.streams == nil {
-		for r.cols == nil {
-			m, ok := r.recvMerged()
-			if !ok {
-				return r.allFailed()
-			}
-			if m.err != nil {
-				return m.err
-			}
-			if m.cols != nil {
-				r.cols = m.cols
-			}
-		}
-		return nil
-	}
-	for _, st := range r.streams {
-		if err := r.header(st); err != nil {
-			return err
-		}
-	}
-	if r.cols == nil {
-		return r.allFailed()
-	}
-	keys, err := sortColumns(r.cols, r.plan.opts.order)
-	if err != nil {
-		return err
-	}
-	r.keys = keys
-	for _, st := range r.streams {
-		if st.done {
-			continue
-		}
-		if err := r.advance(st); err != nil {
-			return err
-		}
-		if st.row != nil {
-			r.heap = append(r.heap, st)
-		}
-	}
-	r.heapInit()
-	return nil
-}
-
-func (r *fanRows) allFailed() error {
-	if rep := r.plan.opts.report; rep != nil {
-		if err := rep.Err(); err != nil {
-			return fmt.Errorf("hv: every shard of the fan-out failed: %w", err)
-		}
-	}
-	return io.ErrUnexpectedEOF
-}
-
-// checkCols compares a shard's columns with the result's.
-func (r *fanRows) checkCols(shard int, cols []string) error {
-	if r.cols == nil {
-		r.cols = cols
-		return nil
-	}
-	if !slices.Equal(r.cols, cols) {
-		h := r.plan.hostOf[shard]
-		return fmt.Errorf("%w: shard %d on host %s returned %v, shard %d returned %v",
-			ErrColumnMismatch, shard, h.name, cols, r.plan.shards[0], r.cols)
-	}
-	return nil
-}
-
-// recvMerged receives the next unordered message, handling columns, shard
-// ends and (with partial results) shard failures. ok is false when every
-// shard is done. A returned message with err set fails the rows.
-func (r *fanRows) recvMerged() (shardMsg, bool) {
-	for r.live > 0 {
-		m := <-r.merged
-		if m.done {
-			r.live--
-		}
-		if m.cols != nil {
-			if err := r.checkCols(m.shard, m.cols); err != nil {
-				m.err = err
-			}
-		}
-		if m.err != nil {
-			if rep := r.plan.opts.report; rep != nil {
-				rep.record(m.shard, m.err)
-				continue
-			}
-			return m, true
-		}
-		if m.done {
-			continue
-		}
-		return m, true
-	}
-	return shardMsg{}, false
-}
-
-func (r *fanRows) Columns() []string { return r.cols }
-
-func (r *fanRows) Next(dest []driver.Value) error {
-	if r.err != nil {
-		return r.err
-	}
-	if r.closed {
-		return io.EOF
-	}
-	if lim := r.plan.opts.limit; lim > 0 && r.emitted >= lim {
-		r.stop(nil)
-		return io.EOF
-	}
-	var row []driver.Value
-	var err error
-	if r.streams == nil {
-		row, err = r.nextUnordered()
-	} else {
-		row, err = r.nextOrdered()
-	}
-	if err != nil {
-		if err != io.EOF {
-			r.err = err
-			r.stop(err)
-		}
-		return err
-	}
-	copy(dest, row)
-	r.emitted++
-	return nil
-}
-
-func (r *fanRows) nextUnordered() ([]driver.Value, error) {
-	for len(r.cur) == 0 {
-		m, ok := r.recvMerged()
-		if !ok {
-			return nil, io.EOF
-		}
-		if m.err != nil {
-			return nil, m.err
-		}
-		r.cur = m.rows
-	}
-	row := r.cur[0]
-	r.cur = r.cur[1:]
-	return row, nil
-}
-
-// stop cancels the shard queries still running; cause nil means the rows
-// ended normally (limit reached or closed).
-func (r *fanRows) stop(cause error) {
-	if cause == nil {
-		cause = errRowsClosed
-	}
-	r.cancel(cause)
-}
-
-// Close cancels the shard queries still running and waits until every
-// worker has given its connection back. Workers never block on a send once
-// the context is cancelled, so nothing needs draining.
-func (r *fanRows) Close() error {
-	if r.closed {
-		return nil
-	}
-	r.closed = true
-	r.stop(nil)
-	r.wg.Wait()
-	return nil
 }

@@ -42,9 +42,9 @@ func (h *hostPool) counters(shard int) *shardCounters {
 	return p.Load()
 }
 
-// countStatement records a statement on shard and whether it failed.
-func (h *hostPool) countStatement(shard int, err error) {
-	sc := h.counters(shard)
+// countStatement records a statement on p's shard and whether it failed.
+func (p *placement) countStatement(err error) {
+	sc := p.counters
 	sc.statements.Add(1)
 	if err != nil {
 		sc.errors.Add(1)

@@ -69,10 +69,10 @@ func shardStatsOf(c *Connector) map[int]ShardStats {
 // BenchmarkShardCounters measures what per-shard counting adds to each
 // statement, from many goroutines at once.
 func BenchmarkShardCounters(b *testing.B) {
-	h := &hostPool{}
+	p := &placement{shard: 5, counters: new(shardCounters)}
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			h.countStatement(5, nil)
+			p.countStatement(nil)
 		}
 	})
 }

@@ -46,10 +46,11 @@ func usesPgxSession(t *testing.T, db *sql.DB, shard int) {
 		t.Fatal(err)
 	}
 	c := connectorOf(t, db)
-	for _, h := range c.fleet.Load().hosts {
+	for _, fh := range c.fleet.Load().hosts {
+		h := fh.pool
 		h.mu.Lock()
 		for _, ic := range h.idle {
-			if ic.phys.px == nil {
+			if _, ok := ic.sess.send.(*pgxSender); !ok {
 				t.Errorf("host %s: a connection without hv's statement path", h.name)
 			}
 		}
@@ -433,10 +434,11 @@ func TestPgxPathErrors(t *testing.T) {
 			t.Fatal("a missing table: no error")
 		}
 	}
-	for _, h := range connectorOf(t, db).fleet.Load().hosts {
+	for _, fh := range connectorOf(t, db).fleet.Load().hosts {
+		h := fh.pool
 		h.mu.Lock()
 		for _, ic := range h.idle {
-			if n := len(ic.phys.px.stale); n > 2 {
+			if n := len(ic.sess.send.(*pgxSender).stale); n > 2 {
 				t.Errorf("host %s: %d statement names waiting to be closed after failed preparations", h.name, n)
 			}
 		}

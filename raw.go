@@ -34,28 +34,20 @@ func Raw(ctx context.Context, db *sql.DB, shard int, fn func(driverConn any) err
 	return sc.Raw(func(dc any) error {
 		c, ok := dc.(*conn)
 		if !ok {
-			return fmt.Errorf("hv.Raw: db is not an hv database (its driver connection is %T)", dc)
+			return fmt.Errorf("hv: Raw: db is not an hv database (its driver connection is %T)", dc)
 		}
 		return c.raw(ctx, fn)
 	})
 }
 
 // raw leases the shard's physical connection, switches it to the schema
-// and hands fn the inner driver's connection.
+// and lends fn the inner driver's connection.
 func (c *conn) raw(ctx context.Context, fn func(driverConn any) error) error {
+	if c.rows != nil {
+		return ErrConnBusy
+	}
 	if err := c.lease(ctx); err != nil {
 		return err
 	}
-	err := c.phys.Raw(func(dc any) error {
-		pc := dc.(*physConn)
-		if err := pc.useSchema(ctx, c.target()); err != nil {
-			return err
-		}
-		err := fn(pc.Conn)
-		if err != nil {
-			pc.schema = ""
-		}
-		return err
-	})
-	return c.fail(err)
+	return c.fail(withSession(c.phys, func(s *session) error { return s.lend(ctx, c.place, fn) }))
 }

@@ -526,11 +526,11 @@ func TestSchemaNamesSafe(t *testing.T) {
 	f := c.fleet.Load()
 	for s := range NumShards {
 		want := fmt.Sprintf(`SET search_path TO "x_%05d"`, s)
-		if f.setPath[s] != want {
-			t.Fatalf("shard %d: %q", s, f.setPath[s])
+		if f.shards[s].setPath != want {
+			t.Fatalf("shard %d: %q", s, f.shards[s].setPath)
 		}
-		if setLocal(f.schemas[s]) != fmt.Sprintf(`SET LOCAL search_path TO "x_%05d"`, s) {
-			t.Fatalf("shard %d: %q", s, setLocal(f.schemas[s]))
+		if setLocal(f.shards[s].schema) != fmt.Sprintf(`SET LOCAL search_path TO "x_%05d"`, s) {
+			t.Fatalf("shard %d: %q", s, setLocal(f.shards[s].schema))
 		}
 	}
 }

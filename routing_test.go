@@ -333,17 +333,19 @@ func TestChangesSearchPath(t *testing.T) {
 // and under load, the most recent, unless it lacks the schema's prepared
 // statements and another has them.
 func TestTakeIdle(t *testing.T) {
-	with := func(schemas ...string) *physConn {
-		px := &pgxSession{schemas: map[string]*schema{}}
-		for _, s := range schemas {
-			px.schemas[s] = &schema{stmts: 1}
+	with := func(schema string, prepared ...string) *session {
+		px := &pgxSender{schemas: map[string]*schemaStatements{}}
+		for _, s := range append(prepared, schema) {
+			px.schemas[s] = &schemaStatements{stmts: 1}
 		}
-		return &physConn{px: px}
+		return &session{send: px, schema: schema}
 	}
 	on := func(s string, prepared ...string) idleConn {
-		return idleConn{conn: &sql.Conn{}, schema: s, phys: with(append(prepared, s)...)}
+		return idleConn{conn: &sql.Conn{}, sess: with(s, prepared...)}
 	}
-	lib := func(s string) idleConn { return idleConn{conn: &sql.Conn{}, schema: s, phys: &physConn{}} }
+	lib := func(s string) idleConn {
+		return idleConn{conn: &sql.Conn{}, sess: &session{send: stdSender{}, schema: s}}
+	}
 	for _, tc := range []struct {
 		name     string
 		idle     []idleConn
@@ -362,12 +364,13 @@ func TestTakeIdle(t *testing.T) {
 		{"busy: none has them", []idleConn{on("a"), on("b")}, 2, 10, 3, 1},
 		{"lib/pq: the most recent", []idleConn{lib("a"), lib("b")}, 0, 2, 3, 1},
 	} {
-		h := &hostPool{idle: append([]idleConn(nil), tc.idle...), poolMax: tc.poolMax, permits: make(chan struct{}, 20)}
+		h := &hostPool{idle: append([]idleConn(nil), tc.idle...), conns: newSemaphore(20)}
+		h.settings.Store(&poolSettings{poolMax: tc.poolMax})
 		h.shards.Store(int64(tc.shards))
 		for range tc.inFlight + 1 { // the statement's own permit too
-			h.permits <- struct{}{}
+			h.conns.tryAcquire()
 		}
-		got := h.takeIdle("c")
+		got, _ := h.takeIdle("c")
 		want := (*sql.Conn)(nil)
 		if tc.want >= 0 {
 			want = tc.idle[tc.want].conn

@@ -3,12 +3,11 @@ package hv
 import (
 	"database/sql"
 	"database/sql/driver"
-	"fmt"
 	"io"
 	"reflect"
 )
 
-// rows streams a statement's result from the inner driver. The physical
+// rows streams a routed statement's result from its session. The physical
 // connection stays leased until the rows are closed.
 type rows struct {
 	c      *conn
@@ -39,10 +38,10 @@ func (r *rows) Next(dest []driver.Value) error {
 
 // wrap names the shard and host in an error of the rows.
 func (r *rows) wrap(err error) error {
-	if err == nil || r.c.host == nil {
+	if err == nil || r.c.place == nil {
 		return err
 	}
-	return fmt.Errorf("hv: shard %d on host %s: %w", r.c.shard, r.c.host.name, err)
+	return shardErr(r.c.place.shard, r.c.place.host.name, err)
 }
 
 func (r *rows) Close() error {
@@ -53,60 +52,71 @@ func (r *rows) Close() error {
 	if r.c.rows == r {
 		r.c.rows = nil
 	}
-	return r.wrap(r.phys.Raw(func(dc any) error {
-		err := r.inner.Close()
-		if err != nil {
-			dc.(*physConn).schema = ""
-		}
-		return err
-	}))
+	return r.wrap(r.phys.Raw(func(any) error { return r.inner.Close() }))
 }
 
-func (r *rows) ColumnTypeDatabaseTypeName(i int) string {
-	if t, ok := r.inner.(driver.RowsColumnTypeDatabaseTypeName); ok {
+func (r *rows) ColumnTypeDatabaseTypeName(i int) string { return columnDatabaseTypeName(r.inner, i) }
+func (r *rows) ColumnTypeScanType(i int) reflect.Type   { return columnScanType(r.inner, i) }
+func (r *rows) ColumnTypeLength(i int) (int64, bool)    { return columnLength(r.inner, i) }
+func (r *rows) ColumnTypeNullable(i int) (bool, bool)   { return columnNullable(r.inner, i) }
+func (r *rows) ColumnTypePrecisionScale(i int) (int64, int64, bool) {
+	return columnPrecisionScale(r.inner, i)
+}
+func (r *rows) HasNextResultSet() bool { return hasNextResultSet(r.inner) }
+
+func (r *rows) NextResultSet() error {
+	return r.phys.Raw(func(any) error { return nextResultSet(r.inner) })
+}
+
+// The optional driver.Rows interfaces, answered for rows that wrap r as r
+// would answer them: r's own answer when it has the method, database/sql's
+// default otherwise.
+
+func columnDatabaseTypeName(r driver.Rows, i int) string {
+	if t, ok := r.(driver.RowsColumnTypeDatabaseTypeName); ok {
 		return t.ColumnTypeDatabaseTypeName(i)
 	}
 	return ""
 }
 
-func (r *rows) ColumnTypeScanType(i int) reflect.Type {
-	if t, ok := r.inner.(driver.RowsColumnTypeScanType); ok {
+func columnScanType(r driver.Rows, i int) reflect.Type {
+	if t, ok := r.(driver.RowsColumnTypeScanType); ok {
 		return t.ColumnTypeScanType(i)
 	}
 	return reflect.TypeFor[any]()
 }
 
-func (r *rows) ColumnTypeLength(i int) (int64, bool) {
-	if t, ok := r.inner.(driver.RowsColumnTypeLength); ok {
+func columnLength(r driver.Rows, i int) (int64, bool) {
+	if t, ok := r.(driver.RowsColumnTypeLength); ok {
 		return t.ColumnTypeLength(i)
 	}
 	return 0, false
 }
 
-func (r *rows) ColumnTypeNullable(i int) (nullable, ok bool) {
-	if t, ok := r.inner.(driver.RowsColumnTypeNullable); ok {
+func columnNullable(r driver.Rows, i int) (nullable, ok bool) {
+	if t, ok := r.(driver.RowsColumnTypeNullable); ok {
 		return t.ColumnTypeNullable(i)
 	}
 	return false, false
 }
 
-func (r *rows) ColumnTypePrecisionScale(i int) (precision, scale int64, ok bool) {
-	if t, ok := r.inner.(driver.RowsColumnTypePrecisionScale); ok {
+func columnPrecisionScale(r driver.Rows, i int) (precision, scale int64, ok bool) {
+	if t, ok := r.(driver.RowsColumnTypePrecisionScale); ok {
 		return t.ColumnTypePrecisionScale(i)
 	}
 	return 0, 0, false
 }
 
-func (r *rows) HasNextResultSet() bool {
-	if t, ok := r.inner.(driver.RowsNextResultSet); ok {
+func hasNextResultSet(r driver.Rows) bool {
+	if t, ok := r.(driver.RowsNextResultSet); ok {
 		return t.HasNextResultSet()
 	}
 	return false
 }
 
-func (r *rows) NextResultSet() error {
-	if t, ok := r.inner.(driver.RowsNextResultSet); ok {
-		return r.phys.Raw(func(any) error { return t.NextResultSet() })
+func nextResultSet(r driver.Rows) error {
+	if t, ok := r.(driver.RowsNextResultSet); ok {
+		return t.NextResultSet()
 	}
 	return io.EOF
 }

@@ -527,7 +527,8 @@ func TestShardAffinity(t *testing.T) {
 			// pool after a second.
 			assertIdle(t, db)
 			deadline := time.Now().Add(10 * time.Second)
-			for _, h := range c.fleet.Load().hosts {
+			for _, fh := range c.fleet.Load().hosts {
+				h := fh.pool
 				for {
 					h.mu.Lock()
 					kept := len(h.idle)

@@ -2,7 +2,6 @@ package hv
 
 import (
 	"context"
-	"errors"
 	"fmt"
 )
 
@@ -10,11 +9,11 @@ import (
 // WithShardKey, and of Connector.ShardFor, when the key cannot be mapped to
 // a shard: a type other than an integer or a string, or no num_shards
 // configured.
-var ErrShardKey = errors.New("hv: cannot map shard key")
+var ErrShardKey error = &sentinel{"cannot map shard key"}
 
 // WithShardKey returns a copy of ctx that routes statements by the
 // application's own key: the connector maps it to a logical shard with
-// Config.ShardFunc, or by default with ShardForKey and Config.NumShards
+// Config.ShardFunc, or by default with ShardForKey and Config.KeyShards
 // (num_shards in the DSN). key is an integer of any Go integer type, a
 // string or a []byte; a Key routes to its own ShardID. A key that maps to a
 // shard no host owns fails the statement with ErrUnknownShard, one that
@@ -49,15 +48,15 @@ func (c *Connector) shardFor(f *fleet, key any) (int, error) {
 			return 0, fmt.Errorf("%w %v: %w", ErrShardKey, key, err)
 		}
 	} else {
-		if f.numShards == 0 {
-			return 0, fmt.Errorf("%w %v: set num_shards in the DSN (or Config.NumShards or Config.ShardFunc)", ErrShardKey, key)
+		if f.keyShards == 0 {
+			return 0, fmt.Errorf("%w %v: set num_shards in the DSN (or Config.KeyShards or Config.ShardFunc)", ErrShardKey, key)
 		}
-		if shard, err = ShardForKey(key, f.numShards); err != nil {
+		if shard, err = ShardForKey(key, f.keyShards); err != nil {
 			return 0, err
 		}
 	}
-	if _, err := f.host(shard); err != nil {
-		return 0, fmt.Errorf("shard key %v: %w", key, err)
+	if _, err := f.place(shard); err != nil {
+		return 0, &ShardError{Shard: shard, Err: errorf(ErrUnknownShard, "shard key %v maps to it", key)}
 	}
 	return shard, nil
 }

@@ -261,7 +261,7 @@ func TestReconfigureMovesAShardUnderLoad(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(100 * time.Millisecond) // let the load run on the old map
-	first := c.fleet.Load().hosts[0]
+	first := c.fleet.Load().hosts[0].pool
 
 	moved := *cfg
 	moved.Hosts = append([]HostConfig(nil), cfg.Hosts...)
@@ -295,7 +295,7 @@ func TestReconfigureMovesAShardUnderLoad(t *testing.T) {
 	if errs.Load() != 0 || statements.Load() == 0 {
 		t.Errorf("%d errors in %d statements during the move", errs.Load(), statements.Load())
 	}
-	if h := c.fleet.Load().hosts[0]; h != first {
+	if h := c.fleet.Load().hosts[0].pool; h != first {
 		t.Errorf("the first host's pool was replaced, want it kept")
 	}
 	st := c.Stats()
@@ -323,7 +323,7 @@ func TestReconfigureClosesHostsThatLeave(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	leaving := c.fleet.Load().hosts[1]
+	leaving := c.fleet.Load().hosts[1].pool
 	only := *cfg
 	only.Hosts = cfg.Hosts[:1]
 	if err := c.Reconfigure(&only); err != nil {

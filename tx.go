@@ -25,14 +25,7 @@ func (t *tx) end(f func() error) error {
 		return driver.ErrBadConn
 	}
 	c.tx = nil
-	err := c.phys.Raw(func(dc any) error {
-		err := f()
-		if err != nil {
-			dc.(*physConn).schema = ""
-		}
-		return err
-	})
-	return c.fail(err)
+	return c.fail(c.phys.Raw(func(any) error { return f() }))
 }
 
 // beginStatement returns the BEGIN statement for opts, as pgx writes it, or
@@ -50,7 +43,7 @@ func beginStatement(opts driver.TxOptions) (string, error) {
 	case sql.LevelSerializable:
 		begin += " ISOLATION LEVEL SERIALIZABLE"
 	default:
-		return "", fmt.Errorf("hv: unsupported isolation: %v", sql.IsolationLevel(opts.Isolation))
+		return "", fmt.Errorf("unsupported isolation: %v", sql.IsolationLevel(opts.Isolation))
 	}
 	if opts.ReadOnly {
 		begin += " READ ONLY"

@@ -25,11 +25,11 @@ package hv
 //     fails, the switch is undone with it, and hv forgets the schema. A
 //     transaction's switch travels with its BEGIN.
 //
-// Results are converted as stdlib converts them (pgxrows.go). Statements
+// Results are converted as stdlib converts them (session_pgx_rows.go). Statements
 // this path does not serve go through stdlib as before, after a switch of
-// their own: statements that may change search_path, arguments carrying
-// pgx options (NamedArgs, QueryExecMode, result formats), other exec modes,
-// and lib/pq connections.
+// their own (stdSender): statements that may change search_path, arguments
+// carrying pgx options (NamedArgs, QueryExecMode, result formats), and
+// connections in pgx's other exec modes.
 
 import (
 	"context"
@@ -42,27 +42,29 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
-// pgxSession is hv's side of one pgx connection: the statements hv prepared
-// on it. Like physConn, it is only used inside (*sql.Conn).Raw.
-type pgxSession struct {
+// pgxSender is hv's own statement path on one pgx connection, with the
+// statements hv prepared on it. Like its session, it is only used inside
+// (*sql.Conn).Raw.
+type pgxSender struct {
 	conn     *pgx.Conn
 	capacity int
 
 	stmts      map[stmtKey]*stmtEntry
-	head, tail *stmtEntry         // most and least recently used
-	schemas    map[string]*schema // the schemas with statements here
-	stale      []string           // statement names to close on the server
-	seq        uint64             // names statements hv_1, hv_2, ...
+	head, tail *stmtEntry                   // most and least recently used
+	schemas    map[string]*schemaStatements // the schemas with statements here
+	stale      []string                     // statement names to close on the server
+	seq        uint64                       // names statements hv_1, hv_2, ...
 
 	eqb  pgx.ExtendedQueryBuilder
 	args []any
-	rows pgxRows // the rows of the statement running, if any: one at a time
+	rows pgxRows // reused by each statement: a session runs one at a time
+	std  stdSender
 }
 
-// schema is what the connection has prepared for one schema: the SET
-// search_path that switches to it (prepared, so that a switch costs the
+// schemaStatements is what the connection has prepared for one schema: the
+// SET search_path that switches to it (prepared, so that a switch costs the
 // server no parsing) and how many statements.
-type schema struct {
+type schemaStatements struct {
 	setName string
 	stmts   int
 }
@@ -79,9 +81,9 @@ type stmtEntry struct {
 	prev, next    *stmtEntry
 }
 
-// newPgxSession returns hv's statement path for c, or nil when c's exec mode
+// newPgxSender returns hv's statement path for c, or nil when c's exec mode
 // or statement cache leave statements to stdlib.
-func newPgxSession(c driver.Conn) *pgxSession {
+func newPgxSender(c driver.Conn) *pgxSender {
 	sc, ok := c.(*stdlib.Conn)
 	if !ok {
 		return nil
@@ -90,17 +92,17 @@ func newPgxSession(c driver.Conn) *pgxSession {
 	if cfg.DefaultQueryExecMode != pgx.QueryExecModeCacheStatement || cfg.StatementCacheCapacity <= 0 {
 		return nil
 	}
-	return &pgxSession{
+	return &pgxSender{
 		conn:     sc.Conn(),
 		capacity: cfg.StatementCacheCapacity,
 		stmts:    make(map[stmtKey]*stmtEntry),
-		schemas:  make(map[string]*schema),
+		schemas:  make(map[string]*schemaStatements),
 	}
 }
 
 // serves reports whether this path runs query with args for t.
-func (s *pgxSession) serves(p *physConn, t target, query string, args []driver.NamedValue) bool {
-	if t.inTx && p.schema != t.schema {
+func (px *pgxSender) serves(s *session, t *placement, query string, args []driver.NamedValue) bool {
+	if s.inTx && !s.on(t.schema) {
 		// The transaction changed search_path: only the server knows it.
 		return false
 	}
@@ -110,46 +112,64 @@ func (s *pgxSession) serves(p *physConn, t target, query string, args []driver.N
 			return false
 		}
 	}
-	if s.stmts[stmtKey{schema: t.schema, sql: query}] != nil {
+	if px.stmts[stmtKey{schema: t.schema, sql: query}] != nil {
 		return true // it was vetted when it was prepared
 	}
 	return !changesSearchPath(query)
 }
 
 // prepared reports whether statements for schema are prepared here.
-func (s *pgxSession) prepared(schema string) bool { return s.schemas[schema] != nil }
+func (px *pgxSender) prepared(schema string) bool { return px.schemas[schema] != nil }
+
+// useSchema switches in a round trip of its own, as stdSender does.
+func (px *pgxSender) useSchema(ctx context.Context, s *session, t *placement) error {
+	return px.std.useSchema(ctx, s, t)
+}
+
+// forgetFor drops hv's prepared statements before a statement that stdlib
+// sends and that may drop them (DEALLOCATE, DISCARD).
+func (px *pgxSender) forgetFor(query string) {
+	switch firstKeyword(query) {
+	case "deallocate", "discard":
+		px.forget()
+	}
+}
 
 // query runs query on t's schema and returns its rows, with the first row
 // read. Outside a transaction, a statement the server no longer knows or
 // whose result type changed (DDL, DEALLOCATE) is prepared again and sent
 // once more: the server refused it before executing anything.
-func (s *pgxSession) query(ctx context.Context, p *physConn, t target, query string, args []driver.NamedValue) (driver.Rows, error) {
+func (px *pgxSender) query(ctx context.Context, s *session, t *placement, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if !px.serves(s, t, query, args) {
+		px.forgetFor(query)
+		return px.std.query(ctx, s, t, query, args)
+	}
 	ctx = uncancellable(ctx)
-	rows, err := s.tryQuery(ctx, p, t, query, args)
-	if err != nil && !t.inTx && isStaleStatement(err) {
-		rows, err = s.tryQuery(ctx, p, t, query, args)
+	rows, err := px.tryQuery(ctx, s, t, query, args)
+	if err != nil && !s.inTx && isStaleStatement(err) {
+		rows, err = px.tryQuery(ctx, s, t, query, args)
 	}
 	return rows, badConn(err)
 }
 
-func (s *pgxSession) tryQuery(ctx context.Context, p *physConn, t target, query string, args []driver.NamedValue) (driver.Rows, error) {
-	e, switching, err := s.statement(ctx, p, t, query)
+func (px *pgxSender) tryQuery(ctx context.Context, s *session, t *placement, query string, args []driver.NamedValue) (driver.Rows, error) {
+	e, switching, err := px.statement(ctx, s, t, query)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.encode(e, args); err != nil {
+	if err := px.encode(e, args); err != nil {
 		return nil, err
 	}
-	r := &s.rows
-	*r = pgxRows{s: s, p: p, e: e}
+	r := &px.rows
+	*r = pgxRows{px: px, s: s, e: e}
 	if switching {
-		r.mr, r.rr, err = s.sendSwitched(ctx, p, t, e)
+		r.mr, r.rr, err = px.sendSwitched(ctx, s, t, e)
 		if err != nil {
 			return nil, err
 		}
 		r.schema = t.schema
 	} else {
-		r.rr = s.conn.PgConn().ExecStatement(ctx, e.sd, s.eqb.ParamValues, s.eqb.ParamFormats, e.resultFormats)
+		r.rr = px.conn.PgConn().ExecStatement(ctx, e.sd, px.eqb.ParamValues, px.eqb.ParamFormats, e.resultFormats)
 	}
 	if err := r.preload(); err != nil {
 		return nil, err
@@ -163,14 +183,18 @@ func (s *pgxSession) tryQuery(ctx context.Context, p *physConn, t target, query 
 // schema it puts the SET in the same message if the text starts with a
 // data statement (one that may run in a transaction block, as the message's
 // statements do), else it switches with a round trip of its own first.
-func (s *pgxSession) exec(ctx context.Context, p *physConn, t target, query string, args []driver.NamedValue) (driver.Result, error) {
+func (px *pgxSender) exec(ctx context.Context, s *session, t *placement, query string, args []driver.NamedValue) (driver.Result, error) {
+	if !px.serves(s, t, query, args) {
+		px.forgetFor(query)
+		return px.std.exec(ctx, s, t, query, args)
+	}
 	ctx = uncancellable(ctx)
 	if len(args) == 0 {
-		return s.execSimple(ctx, p, t, query)
+		return px.execSimple(ctx, s, t, query)
 	}
-	tag, err := s.tryExec(ctx, p, t, query, args)
-	if err != nil && !t.inTx && isStaleStatement(err) {
-		tag, err = s.tryExec(ctx, p, t, query, args)
+	tag, err := px.tryExec(ctx, s, t, query, args)
+	if err != nil && !s.inTx && isStaleStatement(err) {
+		tag, err = px.tryExec(ctx, s, t, query, args)
 	}
 	if err != nil {
 		return nil, badConn(err)
@@ -178,23 +202,23 @@ func (s *pgxSession) exec(ctx context.Context, p *physConn, t target, query stri
 	return driver.RowsAffected(tag.RowsAffected()), nil
 }
 
-func (s *pgxSession) tryExec(ctx context.Context, p *physConn, t target, query string, args []driver.NamedValue) (pgconn.CommandTag, error) {
-	e, switching, err := s.statement(ctx, p, t, query)
+func (px *pgxSender) tryExec(ctx context.Context, s *session, t *placement, query string, args []driver.NamedValue) (pgconn.CommandTag, error) {
+	e, switching, err := px.statement(ctx, s, t, query)
 	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
-	if err := s.encode(e, args); err != nil {
+	if err := px.encode(e, args); err != nil {
 		return pgconn.CommandTag{}, err
 	}
 	if !switching {
-		tag, err := s.conn.PgConn().ExecStatement(ctx, e.sd, s.eqb.ParamValues, s.eqb.ParamFormats, e.resultFormats).Close()
+		tag, err := px.conn.PgConn().ExecStatement(ctx, e.sd, px.eqb.ParamValues, px.eqb.ParamFormats, e.resultFormats).Close()
 		if err != nil {
-			p.schema = ""
-			s.failed(e, err)
+			s.forgetSchema()
+			px.failed(e, err)
 		}
 		return tag, err
 	}
-	mr, rr, err := s.sendSwitched(ctx, p, t, e)
+	mr, rr, err := px.sendSwitched(ctx, s, t, e)
 	if err != nil {
 		return pgconn.CommandTag{}, err
 	}
@@ -203,136 +227,138 @@ func (s *pgxSession) tryExec(ctx context.Context, p *physConn, t target, query s
 		err = cerr
 	}
 	if err != nil {
-		s.failed(e, err)
+		px.failed(e, err)
 		return tag, err
 	}
-	p.schema = t.schema
+	s.setSchema(t.schema)
 	return tag, nil
 }
 
 // execSimple runs a statement without arguments with the simple protocol.
-func (s *pgxSession) execSimple(ctx context.Context, p *physConn, t target, query string) (driver.Result, error) {
-	if !t.inTx && p.schema != t.schema {
+func (px *pgxSender) execSimple(ctx context.Context, s *session, t *placement, query string) (driver.Result, error) {
+	if !s.inTx && !s.on(t.schema) {
 		if !isDataStatement(query) {
-			if err := p.switchSchema(ctx, t); err != nil {
+			if err := s.switchSchema(ctx, t); err != nil {
 				return nil, err
 			}
-			return p.execInner(ctx, query, nil, false)
+			return s.execInner(ctx, query, nil)
 		}
-		p.schema = ""
-		p.countSwitch(t)
+		s.forgetSchema()
+		s.countSwitch(t)
 		query = t.setPath + ";\n" + query
 	}
-	if err := s.ready(); err != nil {
+	if err := px.ready(); err != nil {
 		return nil, err
 	}
-	p.forgetFor(query)
+	s.forgetFor(query)
 	var tag pgconn.CommandTag
-	mr := s.conn.PgConn().Exec(ctx, query)
+	mr := px.conn.PgConn().Exec(ctx, query)
 	for mr.NextResult() {
 		tag, _ = mr.ResultReader().Close()
 	}
 	if err := mr.Close(); err != nil {
-		p.schema = ""
+		s.forgetSchema()
 		return nil, badConn(err)
 	}
-	p.schema = t.schema
+	s.setSchema(t.schema)
 	return driver.RowsAffected(tag.RowsAffected()), nil
 }
 
-// begin starts a transaction on t's schema on a connection that is on
-// another one, switching in the same message: "SET search_path TO …; BEGIN
-// …". The SET then belongs to the transaction, so a rollback undoes it:
-// the returned transaction makes hv forget the schema when it ends in one.
-func (s *pgxSession) begin(ctx context.Context, p *physConn, t target, opts driver.TxOptions) (driver.Tx, error) {
+// begin starts a transaction on t's schema. On a connection that is on
+// another one it switches in the same message: "SET search_path TO …;
+// BEGIN …". The SET then belongs to the transaction, so a rollback undoes
+// it: the returned transaction makes the session forget its schema when it
+// ends in one.
+func (px *pgxSender) begin(ctx context.Context, s *session, t *placement, opts driver.TxOptions) (driver.Tx, error) {
+	if s.on(t.schema) {
+		return px.std.begin(ctx, s, t, opts)
+	}
 	begin, err := beginStatement(opts)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.ready(); err != nil {
+	if err := px.ready(); err != nil {
 		return nil, err
 	}
-	p.schema = ""
-	p.countSwitch(t)
-	if err := s.conn.PgConn().Exec(ctx, t.setPath+"; "+begin).Close(); err != nil {
+	s.forgetSchema()
+	s.countSwitch(t)
+	if err := px.conn.PgConn().Exec(ctx, t.setPath+"; "+begin).Close(); err != nil {
 		return nil, badConn(err)
 	}
-	p.schema = t.schema
-	return switchedTx{p: p}, nil
+	s.setSchema(t.schema)
+	return switchedTx{s: s}, nil
 }
 
 // switchedTx is a transaction begun by begin. It ends with COMMIT or
 // ROLLBACK sent through pgx, not cancelled with any statement's context.
-type switchedTx struct{ p *physConn }
+type switchedTx struct{ s *session }
 
 // Commit commits; a COMMIT the server turned into a rollback (the
 // transaction had failed) undid the switch and returns
 // pgx.ErrTxCommitRollback.
 func (t switchedTx) Commit() error {
-	err := t.p.endLocal("COMMIT")
+	err := t.s.endLocal("COMMIT")
 	if err != nil {
-		t.p.schema = ""
+		t.s.forgetSchema()
 	}
 	return err
 }
 
 // Rollback rolls back, the switch with it.
 func (t switchedTx) Rollback() error {
-	t.p.schema = ""
-	return t.p.endLocal("ROLLBACK")
+	t.s.forgetSchema()
+	return t.s.endLocal("ROLLBACK")
 }
 
 // statement returns the prepared statement for query on t's schema,
 // preparing it when the connection has none, and whether the session must
 // still switch to t's schema to run it (a preparation switches first).
-func (s *pgxSession) statement(ctx context.Context, p *physConn, t target, query string) (*stmtEntry, bool, error) {
-	if err := s.ready(); err != nil {
+func (px *pgxSender) statement(ctx context.Context, s *session, t *placement, query string) (*stmtEntry, bool, error) {
+	if err := px.ready(); err != nil {
 		return nil, false, err
 	}
-	switching := !t.inTx && p.schema != t.schema
+	switching := !s.inTx && !s.on(t.schema)
 	key := stmtKey{schema: t.schema, sql: query}
-	if e := s.stmts[key]; e != nil {
-		s.touch(e)
+	if e := px.stmts[key]; e != nil {
+		px.touch(e)
 		return e, switching, nil
 	}
-	e, err := s.prepare(ctx, p, t, key, switching)
+	e, err := px.prepare(ctx, s, t, key, switching)
 	return e, false, err
 }
 
 // ready returns driver.ErrBadConn when the connection is closed, as stdlib
-// does, and ErrConnBusy while the rows of an earlier statement are open.
-func (s *pgxSession) ready() error {
-	if s.conn.IsClosed() {
+// does. (One statement at a time is the caller's rule: conn refuses a
+// statement while its rows are open, with ErrConnBusy.)
+func (px *pgxSender) ready() error {
+	if px.conn.IsClosed() {
 		return driver.ErrBadConn
-	}
-	if s.rows.rr != nil && !s.rows.done {
-		return ErrConnBusy
 	}
 	return nil
 }
 
-// encode encodes args for e's parameters into s.eqb.
-func (s *pgxSession) encode(e *stmtEntry, args []driver.NamedValue) error {
-	s.args = s.args[:0]
+// encode encodes args for e's parameters into px.eqb.
+func (px *pgxSender) encode(e *stmtEntry, args []driver.NamedValue) error {
+	px.args = px.args[:0]
 	for i := range args {
-		s.args = append(s.args, args[i].Value)
+		px.args = append(px.args, args[i].Value)
 	}
-	err := s.eqb.Build(s.conn.TypeMap(), e.sd, s.args)
-	clear(s.args) // keep no caller's values alive
+	err := px.eqb.Build(px.conn.TypeMap(), e.sd, px.args)
+	clear(px.args) // keep no caller's values alive
 	return err
 }
 
 // sendSwitched sends the switch to t's schema and e with the arguments in
-// s.eqb in one round trip, and returns the result of e. hv forgets the
+// px.eqb in one round trip, and returns the result of e. hv forgets the
 // connection's schema until the caller has read the batch to its end
 // without error.
-func (s *pgxSession) sendSwitched(ctx context.Context, p *physConn, t target, e *stmtEntry) (*pgconn.MultiResultReader, *pgconn.ResultReader, error) {
-	p.schema = ""
-	p.countSwitch(t)
+func (px *pgxSender) sendSwitched(ctx context.Context, s *session, t *placement, e *stmtEntry) (*pgconn.MultiResultReader, *pgconn.ResultReader, error) {
+	s.forgetSchema()
+	s.countSwitch(t)
 	var b pgconn.Batch
-	b.ExecPrepared(s.schemas[t.schema].setName, nil, nil, nil)
-	b.ExecStatement(e.sd, s.eqb.ParamValues, s.eqb.ParamFormats, e.resultFormats)
-	mr := s.conn.PgConn().ExecBatch(ctx, &b)
+	b.ExecPrepared(px.schemas[t.schema].setName, nil, nil, nil)
+	b.ExecStatement(e.sd, px.eqb.ParamValues, px.eqb.ParamFormats, e.resultFormats)
+	mr := px.conn.PgConn().ExecBatch(ctx, &b)
 	err := readSet(mr)
 	if err == nil {
 		if mr.NextResult() { // the statement's
@@ -340,7 +366,7 @@ func (s *pgxSession) sendSwitched(ctx context.Context, p *physConn, t target, e 
 		}
 		err = batchEnded(mr)
 	}
-	s.failed(e, err)
+	px.failed(e, err)
 	return nil, nil, err
 }
 
@@ -363,29 +389,29 @@ func batchEnded(mr *pgconn.MultiResultReader) error {
 	if err := mr.Close(); err != nil {
 		return err
 	}
-	return errors.New("hv: the server sent fewer results than statements")
+	return errors.New("the server sent fewer results than statements")
 }
 
 // prepare prepares query under t's schema, switching first when switching
 // is set, in one round trip that also prepares the schema's SET when the
 // connection has none and closes the statements hv dropped. It makes room
 // by dropping the least recently used statement.
-func (s *pgxSession) prepare(ctx context.Context, p *physConn, t target, key stmtKey, switching bool) (*stmtEntry, error) {
-	if len(s.stmts) >= s.capacity {
-		s.drop(s.tail)
+func (px *pgxSender) prepare(ctx context.Context, s *session, t *placement, key stmtKey, switching bool) (*stmtEntry, error) {
+	if len(px.stmts) >= px.capacity {
+		px.drop(px.tail)
 	}
-	sch := s.schemas[key.schema]
+	sch := px.schemas[key.schema]
 	newSchema := sch == nil
 	if newSchema {
-		sch = &schema{setName: s.newName()}
+		sch = &schemaStatements{setName: px.newName()}
 	}
-	name := s.newName()
+	name := px.newName()
 	if switching {
-		p.schema = ""
-		p.countSwitch(t)
+		s.forgetSchema()
+		s.countSwitch(t)
 	}
-	pl := s.conn.PgConn().StartPipeline(ctx)
-	for _, n := range s.stale {
+	pl := px.conn.PgConn().StartPipeline(ctx)
+	for _, n := range px.stale {
 		pl.SendDeallocate(n)
 	}
 	if newSchema {
@@ -414,7 +440,7 @@ func (s *pgxSession) prepare(ctx context.Context, p *physConn, t target, key stm
 			descriptions--
 		case nil:
 			if err == nil {
-				err = errors.New("hv: prepare: the server sent fewer results than requests")
+				err = errors.New("prepare: the server sent fewer results than requests")
 			}
 		}
 	}
@@ -424,43 +450,43 @@ func (s *pgxSession) prepare(ctx context.Context, p *physConn, t target, key stm
 	if err != nil {
 		// The closes ran before whatever failed (Close never fails). The
 		// SET's Parse may have: close the new names later.
-		s.stale = append(s.stale[:0], name)
+		px.stale = append(px.stale[:0], name)
 		if newSchema {
-			s.stale = append(s.stale, sch.setName)
+			px.stale = append(px.stale, sch.setName)
 		}
 		return nil, err
 	}
 	sd.Name, sd.SQL = name, key.sql // a pipeline's description names neither
-	s.stale = s.stale[:0]
+	px.stale = px.stale[:0]
 	if switching {
-		p.schema = t.schema
+		s.setSchema(t.schema)
 	}
 	e := &stmtEntry{key: key, sd: sd, resultFormats: make([]int16, len(sd.Fields))}
 	for i := range sd.Fields {
 		e.resultFormats[i] = resultFormat(sd.Fields[i].DataTypeOID)
 	}
-	s.stmts[key] = e
-	s.schemas[key.schema] = sch
+	px.stmts[key] = e
+	px.schemas[key.schema] = sch
 	sch.stmts++
-	s.pushFront(e)
+	px.pushFront(e)
 	return e, nil
 }
 
 // newName returns a statement name not used before on the connection.
-func (s *pgxSession) newName() string {
-	s.seq++
-	return "hv_" + strconv.FormatUint(s.seq, 10)
+func (px *pgxSender) newName() string {
+	px.seq++
+	return "hv_" + strconv.FormatUint(px.seq, 10)
 }
 
 // valueFuncs returns the conversions for a result of e described by fds:
 // e's own, made once, when e's description has the result's columns (a
 // statement whose columns were unknown at preparation, such as a FETCH, is
 // described anew by each execution).
-func (s *pgxSession) valueFuncs(e *stmtEntry, fds []pgconn.FieldDescription) []valueFunc {
+func (px *pgxSender) valueFuncs(e *stmtEntry, fds []pgconn.FieldDescription) []valueFunc {
 	if e.valueFuncs != nil {
 		return e.valueFuncs
 	}
-	m := s.conn.TypeMap()
+	m := px.conn.TypeMap()
 	vfs := make([]valueFunc, len(fds))
 	for i := range fds {
 		vfs[i] = newValueFunc(m, &fds[i])
@@ -473,69 +499,69 @@ func (s *pgxSession) valueFuncs(e *stmtEntry, fds []pgconn.FieldDescription) []v
 
 // failed drops e after an error that says the server's statement no longer
 // matches hv's description of it.
-func (s *pgxSession) failed(e *stmtEntry, err error) {
+func (px *pgxSender) failed(e *stmtEntry, err error) {
 	var pe *pgconn.PgError
 	switch {
 	case !errors.As(err, &pe):
 	case pe.Code == "26000":
 		// A statement is gone (DEALLOCATE, DISCARD ALL): trust none.
-		s.forget()
-	case e != nil && isStalePlan(err) && s.stmts[e.key] == e:
-		s.drop(e)
+		px.forget()
+	case e != nil && isStalePlan(err) && px.stmts[e.key] == e:
+		px.drop(e)
 	}
 }
 
 // forget drops every statement hv prepared (for example after DISCARD ALL
 // or DEALLOCATE ALL sent through stdlib); their names are closed later in
 // case the server still has them.
-func (s *pgxSession) forget() {
-	for s.tail != nil {
-		s.drop(s.tail)
+func (px *pgxSender) forget() {
+	for px.tail != nil {
+		px.drop(px.tail)
 	}
 }
 
 // drop removes e from the cache; its server statement is closed with the
 // next preparation.
-func (s *pgxSession) drop(e *stmtEntry) {
-	delete(s.stmts, e.key)
-	s.unlink(e)
-	s.stale = append(s.stale, e.sd.Name)
-	sch := s.schemas[e.key.schema]
+func (px *pgxSender) drop(e *stmtEntry) {
+	delete(px.stmts, e.key)
+	px.unlink(e)
+	px.stale = append(px.stale, e.sd.Name)
+	sch := px.schemas[e.key.schema]
 	if sch.stmts--; sch.stmts == 0 {
-		delete(s.schemas, e.key.schema)
-		s.stale = append(s.stale, sch.setName)
+		delete(px.schemas, e.key.schema)
+		px.stale = append(px.stale, sch.setName)
 	}
 }
 
-func (s *pgxSession) pushFront(e *stmtEntry) {
-	e.prev, e.next = nil, s.head
-	if s.head != nil {
-		s.head.prev = e
+func (px *pgxSender) pushFront(e *stmtEntry) {
+	e.prev, e.next = nil, px.head
+	if px.head != nil {
+		px.head.prev = e
 	}
-	s.head = e
-	if s.tail == nil {
-		s.tail = e
+	px.head = e
+	if px.tail == nil {
+		px.tail = e
 	}
 }
 
-func (s *pgxSession) unlink(e *stmtEntry) {
+func (px *pgxSender) unlink(e *stmtEntry) {
 	if e.prev != nil {
 		e.prev.next = e.next
 	} else {
-		s.head = e.next
+		px.head = e.next
 	}
 	if e.next != nil {
 		e.next.prev = e.prev
 	} else {
-		s.tail = e.prev
+		px.tail = e.prev
 	}
 	e.prev, e.next = nil, nil
 }
 
-func (s *pgxSession) touch(e *stmtEntry) {
-	if s.head != e {
-		s.unlink(e)
-		s.pushFront(e)
+func (px *pgxSender) touch(e *stmtEntry) {
+	if px.head != e {
+		px.unlink(e)
+		px.pushFront(e)
 	}
 }
 

@@ -15,12 +15,12 @@ import (
 )
 
 // pgxRows are the rows of a statement hv sent itself on a pgx connection
-// (pgxsession.go). They convert values exactly as pgx's stdlib.Rows do: the
+// (session_pgx.go). They convert values exactly as pgx's stdlib.Rows do: the
 // same result formats are asked for (resultFormat) and the same Go types
 // come back (newValueFunc), so a caller cannot tell which path ran.
 type pgxRows struct {
-	s  *pgxSession
-	p  *physConn
+	px *pgxSender
+	s  *session
 	e  *stmtEntry                // the statement
 	rr *pgconn.ResultReader      // the statement's result
 	mr *pgconn.MultiResultReader // non-nil when the schema switch rode along
@@ -70,12 +70,12 @@ func (r *pgxRows) finish() error {
 	}
 	r.err = err
 	if err != nil {
-		r.p.schema = ""
-		r.s.failed(r.e, err)
+		r.s.forgetSchema()
+		r.px.failed(r.e, err)
 		return err
 	}
 	if r.schema != "" {
-		r.p.schema = r.schema
+		r.s.setSchema(r.schema)
 	}
 	return nil
 }
@@ -105,7 +105,7 @@ func (r *pgxRows) Next(dest []driver.Value) error {
 		return io.EOF
 	}
 	if r.valueFuncs == nil {
-		r.valueFuncs = r.s.valueFuncs(r.e, r.rr.FieldDescriptions())
+		r.valueFuncs = r.px.valueFuncs(r.e, r.rr.FieldDescriptions())
 	}
 	for i, raw := range r.rr.Values() {
 		if raw == nil {
@@ -114,7 +114,7 @@ func (r *pgxRows) Next(dest []driver.Value) error {
 		}
 		v, err := r.valueFuncs[i](raw)
 		if err != nil {
-			return fmt.Errorf("convert field %d failed: %w", i, err)
+			return fmt.Errorf("converting column %d (%s): %w", i, r.rr.FieldDescriptions()[i].Name, err)
 		}
 		dest[i] = v
 	}
@@ -127,7 +127,7 @@ func (r *pgxRows) Close() error { return r.finish() }
 
 func (r *pgxRows) ColumnTypeDatabaseTypeName(i int) string {
 	oid := r.rr.FieldDescriptions()[i].DataTypeOID
-	if t, ok := r.s.conn.TypeMap().TypeForOID(oid); ok {
+	if t, ok := r.px.conn.TypeMap().TypeForOID(oid); ok {
 		return strings.ToUpper(t.Name)
 	}
 	return strconv.FormatInt(int64(oid), 10)

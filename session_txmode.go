@@ -1,0 +1,146 @@
+package hv
+
+// Transaction pool mode (pool_mode=transaction), for hosts behind PgBouncer
+// in transaction pooling mode. There, consecutive transactions of one client
+// connection may run on different server connections, so no session state
+// survives a transaction: a session-level SET search_path could leak to
+// another client and hv's memory of the schema a connection is on means
+// nothing. In this mode hv therefore never sends a session-level SET and
+// never remembers a schema; instead every statement carries its schema
+// inside its own transaction:
+//
+//   - Exec outside a transaction: one simple-protocol message
+//     `SET LOCAL search_path TO "shard0005"; <statement>`. PostgreSQL runs
+//     the statements of one message in an implicit transaction block, so SET
+//     LOCAL holds for the statement and ends with it, and PgBouncer keeps the
+//     server connection for the whole message. Arguments are interpolated by
+//     pgx on the client (pgx.QueryExecModeSimpleProtocol). One round trip,
+//     as in session mode when the connection is already on the schema.
+//     Statements that refuse to run in a transaction block (VACUUM, CREATE
+//     INDEX CONCURRENTLY, ...) fail in this mode.
+//   - BeginTx: one simple-protocol message `BEGIN <options>; SET LOCAL
+//     search_path TO "x"`, then COMMIT/ROLLBACK: the same round trips as a
+//     transaction in session mode.
+//   - Query outside a transaction: `BEGIN; SET LOCAL search_path TO "x"`,
+//     the query, and COMMIT (ROLLBACK on error) when its rows are closed:
+//     two more round trips than in session mode, because database/sql rows
+//     from pgx can only come from a message's first result. Group reads in
+//     a transaction to pay them once.
+//
+// pgx's statement cache (named prepared statements, which PgBouncer before
+// 1.21 cannot follow across server connections) is turned off by giving
+// each host default_query_exec_mode=exec unless it sets one of the modes in
+// txModeExecModes.
+//
+// hv.Raw hands out the connection on no schema in this mode: the code given
+// it qualifies its names or sets search_path LOCAL in a transaction.
+
+import (
+	"context"
+	"database/sql/driver"
+	"errors"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// txModeExecModes are the pgx default_query_exec_mode values that use no
+// named prepared statement and no cached description, so work through a
+// transaction pooler.
+var txModeExecModes = map[string]bool{"exec": true, "simple_protocol": true, "describe_exec": true}
+
+// txSender sends statements in pool_mode=transaction: outside a
+// transaction each carries its schema with SET LOCAL; inside one the
+// transaction's SET LOCAL holds and std sends them.
+type txSender struct{ std stdSender }
+
+// setLocal returns the statement that sets search_path to schema for the
+// current transaction only.
+func setLocal(schema string) string {
+	return "SET LOCAL search_path TO " + quoteIdent(schema)
+}
+
+// useSchema does nothing: no session-level schema survives a transaction
+// behind a transaction pooler.
+func (txSender) useSchema(context.Context, *session, *placement) error { return nil }
+
+// exec runs query on t's schema in one message with SET LOCAL.
+func (tm txSender) exec(ctx context.Context, s *session, t *placement, query string, args []driver.NamedValue) (driver.Result, error) {
+	if s.inTx {
+		return s.execInner(ctx, query, args)
+	}
+	if len(args) > 0 {
+		a := make([]driver.NamedValue, 0, len(args)+1)
+		a = append(a, driver.NamedValue{Value: pgx.QueryExecModeSimpleProtocol})
+		args = append(a, args...)
+	}
+	return s.execInner(ctx, setLocal(t.schema)+"; "+query, args)
+}
+
+// query runs query on t's schema in a transaction of its own, which the
+// returned rows end when they are closed: with COMMIT when they were read
+// without error (the query may have written: INSERT ... RETURNING,
+// nextval), ROLLBACK otherwise.
+func (tm txSender) query(ctx context.Context, s *session, t *placement, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if s.inTx {
+		return s.queryInner(ctx, query, args)
+	}
+	if err := s.execPlain(ctx, "BEGIN; "+setLocal(t.schema)); err != nil {
+		return nil, err
+	}
+	rows, err := s.queryInner(ctx, query, args)
+	if err != nil {
+		_ = s.endLocal("ROLLBACK")
+		return nil, err
+	}
+	r := rows.(*stdRows)
+	r.end = func(err error) error {
+		if err != nil {
+			_ = s.endLocal("ROLLBACK")
+			return err
+		}
+		return s.endLocal("COMMIT")
+	}
+	return r, nil
+}
+
+// begin starts a transaction on t's schema with one message.
+func (txSender) begin(ctx context.Context, s *session, t *placement, opts driver.TxOptions) (driver.Tx, error) {
+	begin, err := beginStatement(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.execPlain(ctx, begin+"; "+setLocal(t.schema)); err != nil {
+		return nil, err
+	}
+	return localTx{s: s}, nil
+}
+
+// endLocal sends COMMIT or ROLLBACK. A COMMIT the server turned into a
+// rollback (the transaction had failed) returns pgx.ErrTxCommitRollback.
+// It is not cancelled with any statement's context.
+func (s *session) endLocal(stmt string) error {
+	ctx := context.Background()
+	sc, ok := s.inner.(*stdlib.Conn)
+	if !ok {
+		return s.execPlain(ctx, stmt)
+	}
+	tag, err := sc.Conn().Exec(ctx, stmt)
+	if err != nil {
+		return err
+	}
+	if stmt == "COMMIT" && tag.String() == "ROLLBACK" {
+		return pgx.ErrTxCommitRollback
+	}
+	return nil
+}
+
+// localTx is a transaction begun with hv's own BEGIN message.
+type localTx struct{ s *session }
+
+func (t localTx) Commit() error   { return t.s.endLocal("COMMIT") }
+func (t localTx) Rollback() error { return t.s.endLocal("ROLLBACK") }
+
+// errNoSchema guards against running a statement with no schema: it must
+// never run on whatever search_path the server has.
+var errNoSchema = errors.New("statement has no schema")
