@@ -137,7 +137,11 @@ func (c *conn) route(ctx context.Context, f *fleet) (int, error) {
 // a key is placed by the same generation; a pool retired by Reconfigure
 // between the two makes the statement route again on the new fleet.
 func (c *conn) lease(ctx context.Context) error {
-	f := c.connector.fleet.Load()
+	return c.leaseOn(ctx, c.connector.fleet.Load())
+}
+
+// leaseOn is lease on fleet f, which may be replaced while it runs.
+func (c *conn) leaseOn(ctx context.Context, f *fleet) error {
 	for {
 		shard, err := c.route(ctx, f)
 		if err != nil || c.phys != nil {

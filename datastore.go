@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -15,7 +14,7 @@ import (
 // ErrInvalidEntity is wrapped by the errors Datastore methods return for bad
 // input: a kind outside the smallint range, nil data, or a key or value
 // that PostgreSQL text cannot hold (a NUL byte, invalid UTF-8).
-var ErrInvalidEntity = errors.New("hv: invalid entity")
+var ErrInvalidEntity error = &sentinel{"invalid entity"}
 
 // Entity is one row of a shard's entities table: schemaless data (an
 // hstore) of some kind, under a Key that names its shard.
@@ -116,16 +115,15 @@ func (d *Datastore) ready() error {
 	return d.err
 }
 
-// dsOpError adds what was being done to an error, without repeating the
-// "hv: " prefix of hv's own errors.
+// dsOpError adds what was being done to an error, with one "hv: " prefix
+// (hv's own errors inside it are written bare).
 type dsOpError struct {
 	op  string
 	err error
 }
 
-func (e *dsOpError) Error() string {
-	return "hv: " + e.op + ": " + strings.TrimPrefix(e.err.Error(), "hv: ")
-}
+func (e *dsOpError) Error() string { return "hv: " + e.bare() }
+func (e *dsOpError) bare() string  { return e.op + ": " + bareText(e.err) }
 func (e *dsOpError) Unwrap() error { return e.err }
 
 func dsOpErr(err error, format string, args ...any) error {
@@ -134,11 +132,6 @@ func dsOpErr(err error, format string, args ...any) error {
 	}
 	return &dsOpError{op: fmt.Sprintf(format, args...), err: err}
 }
-
-// dsLockClass is the first half of the advisory locks CreateShards takes
-// (the second is the shard, or -1 for the extension), so that concurrent
-// CreateShards on one database do not race.
-const dsLockClass = 0x6876 // "hv"
 
 // CreateShards makes every shard of the fleet ready for entities, on every
 // host, hosts concurrently: first the hstore extension in schema public of
@@ -194,7 +187,7 @@ func (d *Datastore) ensureHstore(ctx context.Context, h HostStats) error {
 		return fail(err)
 	}
 	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
-	if _, err := tx.ExecContext(sctx, "SELECT pg_catalog.pg_advisory_xact_lock("+strconv.Itoa(dsLockClass)+", -1)"); err != nil {
+	if _, err := tx.ExecContext(sctx, advisoryXactLock(lockCreateShards, -1)); err != nil {
 		return fail(err)
 	}
 	const where = "SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'hstore'"
@@ -233,7 +226,7 @@ func (d *Datastore) createShard(ctx context.Context, tx *sql.Tx, shard int) erro
 		}
 		return nil
 	}
-	if err := exec("SELECT pg_catalog.pg_advisory_xact_lock(" + strconv.Itoa(dsLockClass) + ", " + strconv.Itoa(shard) + ")"); err != nil {
+	if err := exec(advisoryXactLock(lockCreateShards, shard)); err != nil {
 		return err
 	}
 	if err := exec("CREATE SCHEMA IF NOT EXISTS " + q); err != nil {

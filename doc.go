@@ -88,9 +88,9 @@
 // connection of the host became free within pool_block_timeout), ErrBadConfig,
 // ErrClosed, ErrFanOutPinned, ErrColumnMismatch, ErrShardKey,
 // ErrLayoutMismatch, ErrInvalidKey, ErrInvalidEntity and ErrHstoreSyntax are
-// matched with errors.Is. Statement errors are wrapped with
-// their shard and host; the inner driver's error (*pgconn.PgError,
-// *pq.Error) stays reachable with errors.As.
+// matched with errors.Is. A failure of one shard is a *ShardError naming the
+// shard and its host, with one "hv: " prefix; the inner driver's error
+// (*pgconn.PgError, *pq.Error) stays reachable with errors.As.
 //
 // # The DSN
 //

@@ -350,7 +350,7 @@ func ExampleParseHstore() {
 	// Output:
 	// 1 x"y true
 	// "a"=>"1", "b c"=>"x\"y", "d"=>NULL
-	// hstore: syntax error at position 5: expected "," or end of input after a value
+	// hv: hstore: syntax error at position 5: expected "," or end of input after a value
 }
 
 // With WithPartialResults a failing shard does not fail the fan-out: the

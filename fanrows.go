@@ -315,7 +315,7 @@ func (r *fanRows) accept(m shardMsg) error {
 	if !slices.Equal(r.header.cols, m.header.cols) {
 		pl, ref := r.plan.places[m.shard], r.plan.places[r.headerShard]
 		return &ShardError{Shard: pl.shard, Host: pl.host.name, Err: errorf(ErrColumnMismatch,
-			"it returned %v, shard %d on host %s returned %v", m.header.cols, ref.shard, ref.host.name, r.header.cols)}
+			"%v, but shard %d on host %s returned %v", m.header.cols, ref.shard, ref.host.name, r.header.cols)}
 	}
 	return nil
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hypervault/hv/internal/pgtest"
 	_ "github.com/jackc/pgx/v5/stdlib"
@@ -144,4 +145,17 @@ func dbName(kw string) string {
 		}
 	}
 	return ""
+}
+
+// waitUntil polls cond until it holds, failing t when it does not within a
+// bound loose enough for a loaded machine.
+func waitUntil(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

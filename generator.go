@@ -30,7 +30,7 @@ func (l DBLeaser) LeaseIDs(ctx context.Context, shard, n int) (first int64, coun
 	err = l.DB.QueryRowContext(WithShard(ctx, shard), "SELECT first_seq, count, server_ms FROM lease_ids($1)", n).
 		Scan(&first, &count, &serverMillis)
 	if err != nil {
-		return 0, 0, 0, fmt.Errorf("hv: leasing %d ids on shard %d: %w", n, shard, err)
+		return 0, 0, 0, note(shardErr(shard, "", err), fmt.Sprintf("leasing %d ids", n))
 	}
 	return first, count, serverMillis, nil
 }
@@ -75,7 +75,7 @@ type Generator struct {
 // 0..MaxShard.
 func NewGenerator(leaser Leaser, shard int, opts *GeneratorOptions) (*Generator, error) {
 	if shard < 0 || shard > MaxShard {
-		return nil, fmt.Errorf("%w: shard %d is outside 0..%d", ErrUnknownShard, shard, MaxShard)
+		return nil, &ShardError{Shard: shard, Err: errorf(ErrUnknownShard, "shards are 0..%d", MaxShard)}
 	}
 	g := &Generator{leaser: leaser, shard: shard, block: 4096, clock: time.Now}
 	if opts != nil {

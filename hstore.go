@@ -2,7 +2,6 @@ package hv
 
 import (
 	"database/sql/driver"
-	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -13,7 +12,7 @@ import (
 // return for text that PostgreSQL's hstore input would reject. The message
 // names the byte position, e.g.
 // `hstore: syntax error at position 7: expected "=>"`.
-var ErrHstoreSyntax = errors.New("hstore: syntax error")
+var ErrHstoreSyntax error = &sentinel{"hstore: syntax error"}
 
 // Hstore is a PostgreSQL hstore value: a map from keys to values where a nil
 // value is SQL NULL. It implements sql.Scanner and driver.Valuer and works
@@ -37,7 +36,7 @@ func (h *Hstore) Scan(src any) error {
 	case []byte:
 		s = string(v) // one copy; parsed keys and values are substrings of it
 	default:
-		return fmt.Errorf("hstore: cannot scan %T into hv.Hstore", src)
+		return fmt.Errorf("hv: hstore: cannot scan %T into hv.Hstore", src)
 	}
 	m, err := ParseHstore(s)
 	if err != nil {
@@ -97,10 +96,10 @@ func (h Hstore) Value() (driver.Value, error) {
 // checkHstoreText reports an error when s cannot be PostgreSQL text.
 func checkHstoreText(what, s string) error {
 	if strings.IndexByte(s, 0) >= 0 {
-		return fmt.Errorf("hstore: %s %q contains a NUL byte", what, s)
+		return fmt.Errorf("hv: hstore: %s %q contains a NUL byte", what, s)
 	}
 	if !utf8.ValidString(s) {
-		return fmt.Errorf("hstore: %s %q is not valid UTF-8", what, s)
+		return fmt.Errorf("hv: hstore: %s %q is not valid UTF-8", what, s)
 	}
 	return nil
 }

@@ -165,20 +165,20 @@ func TestParseHstoreErrors(t *testing.T) {
 	cases := []struct {
 		in, msg string
 	}{
-		{"a=>b c", `hstore: syntax error at position 5: expected "," or end of input after a value`},
-		{"a b=>c", `hstore: syntax error at position 2: expected "=>"`},
-		{"ab  cd=>x", `hstore: syntax error at position 4: expected "=>"`},
-		{`"a"b=>c`, `hstore: syntax error at position 3: expected "=>"`},
-		{"=>1", `hstore: syntax error at position 0: unexpected "=", expected a key`},
-		{"a= >b", `hstore: syntax error at position 2: expected ">" after "="`},
-		{"a=>", `hstore: syntax error at position 3: unexpected end of input, expected a value`},
-		{"a", `hstore: syntax error at position 1: unexpected end of input, expected "=>"`},
-		{"a=", `hstore: syntax error at position 2: unexpected end of input, expected ">" after "="`},
-		{`a\`, `hstore: syntax error at position 2: unexpected end of input after "\"`},
-		{`"a\`, `hstore: syntax error at position 3: unexpected end of input after "\" in a quoted string`},
-		{`"ab`, `hstore: syntax error at position 3: unexpected end of input in a quoted string`},
-		{"a=>b\x00", `hstore: syntax error at position 4: NUL byte`},
-		{"a=>\xff", `hstore: syntax error at position 3: invalid UTF-8`},
+		{"a=>b c", `hv: hstore: syntax error at position 5: expected "," or end of input after a value`},
+		{"a b=>c", `hv: hstore: syntax error at position 2: expected "=>"`},
+		{"ab  cd=>x", `hv: hstore: syntax error at position 4: expected "=>"`},
+		{`"a"b=>c`, `hv: hstore: syntax error at position 3: expected "=>"`},
+		{"=>1", `hv: hstore: syntax error at position 0: unexpected "=", expected a key`},
+		{"a= >b", `hv: hstore: syntax error at position 2: expected ">" after "="`},
+		{"a=>", `hv: hstore: syntax error at position 3: unexpected end of input, expected a value`},
+		{"a", `hv: hstore: syntax error at position 1: unexpected end of input, expected "=>"`},
+		{"a=", `hv: hstore: syntax error at position 2: unexpected end of input, expected ">" after "="`},
+		{`a\`, `hv: hstore: syntax error at position 2: unexpected end of input after "\"`},
+		{`"a\`, `hv: hstore: syntax error at position 3: unexpected end of input after "\" in a quoted string`},
+		{`"ab`, `hv: hstore: syntax error at position 3: unexpected end of input in a quoted string`},
+		{"a=>b\x00", `hv: hstore: syntax error at position 4: NUL byte`},
+		{"a=>\xff", `hv: hstore: syntax error at position 3: invalid UTF-8`},
 	}
 	for _, c := range cases {
 		got, err := ParseHstore(c.in)

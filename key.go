@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"database/sql/driver"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -13,7 +12,7 @@ import (
 // ErrInvalidKey is wrapped by every error that NewKey, ParseKey, Layout.NewKey,
 // Key.Scan, Key.UnmarshalJSON, Key.MarshalJSON and Key.Value return for an
 // out-of-range part, a malformed text or a negative key.
-var ErrInvalidKey = errors.New("hv: invalid key")
+var ErrInvalidKey error = &sentinel{"invalid key"}
 
 // DefaultEpochMillis is the default Key epoch in Unix milliseconds:
 // 2013-09-16T21:05:31.352Z.

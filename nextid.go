@@ -3,8 +3,6 @@ package hv
 import (
 	"context"
 	"database/sql"
-	"errors"
-	"fmt"
 	"strconv"
 	"strings"
 )
@@ -12,7 +10,7 @@ import (
 // ErrLayoutMismatch is wrapped by errors reporting that a shard's key
 // generator (its hv_layout()) was created for another epoch or shard number
 // than the client's Layout expects.
-var ErrLayoutMismatch = errors.New("hv: shard key layout mismatch")
+var ErrLayoutMismatch error = &sentinel{"shard key layout mismatch"}
 
 // How next_id() makes keys that cannot repeat
 //
@@ -46,10 +44,6 @@ var ErrLayoutMismatch = errors.New("hv: shard key layout mismatch")
 // end of the 41-bit time range next_id() raises an error instead of
 // wrapping.
 
-// advisoryLockClass is the first key of the advisory lock a shard's jumper
-// holds (the second is the shard number): "hv" in ASCII.
-const advisoryLockClass = 0x6876
-
 // lagMillis is how far behind the clock a sequence value may be and still
 // be handed out.
 const lagMillis = 2
@@ -69,7 +63,7 @@ func shardDDL(schema string, shard int, layout Layout) []string {
 		"$SHARD", strconv.Itoa(shard),
 		"$MAXMS", strconv.FormatInt(keyMaxMillis, 10),
 		"$LAG", strconv.Itoa(lagMillis),
-		"$LOCK", strconv.Itoa(advisoryLockClass),
+		"$LOCK", strconv.Itoa(lockNextIDJump),
 		"$S", s,
 	)
 	return []string{
@@ -167,11 +161,11 @@ func checkShardLayout(ctx context.Context, q interface {
 	var got int
 	err := q.QueryRowContext(ctx, "SELECT epoch_ms, shard FROM "+quoteIdent(schema)+".hv_layout()").Scan(&epochMS, &got)
 	if err != nil {
-		return fmt.Errorf("hv: shard %d: reading %s.hv_layout(): %w", shard, schema, err)
+		return note(shardErr(shard, "", err), "reading "+schema+".hv_layout()")
 	}
 	if epochMS != layout.epochMillis() || got != shard {
-		return fmt.Errorf("%w: shard %d: schema %s has epoch %d ms and shard %d, the client expects epoch %d ms and shard %d",
-			ErrLayoutMismatch, shard, schema, epochMS, got, layout.epochMillis(), shard)
+		return &ShardError{Shard: shard, Err: errorf(ErrLayoutMismatch, "schema %s has epoch %d ms and shard %d, the client expects epoch %d ms and shard %d",
+			schema, epochMS, got, layout.epochMillis(), shard)}
 	}
 	return nil
 }

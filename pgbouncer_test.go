@@ -5,8 +5,8 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"github.com/hypervault/hv/internal/ci"
 	"math/rand/v2"
-	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -47,7 +47,7 @@ func startBouncer(t testing.TB, s *pgtest.Server, mode string, poolSize int) *pg
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	b, err := pgbouncer.Start(ctx, pgbouncer.Options{TargetPort: port, PoolMode: mode, PoolSize: poolSize})
-	if errors.Is(err, pgbouncer.ErrNotInstalled) && os.Getenv("CI") != "true" {
+	if errors.Is(err, pgbouncer.ErrNotInstalled) && !ci.Required() {
 		t.Skip(err)
 	}
 	if err != nil {

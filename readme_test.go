@@ -3,6 +3,7 @@ package hv_test
 import (
 	"bytes"
 	"context"
+	"github.com/hypervault/hv/internal/ci"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -41,7 +42,7 @@ func readmeQuickStart(t *testing.T) string {
 func TestReadmeQuickStart(t *testing.T) {
 	code := readmeQuickStart(t)
 	if os.Getenv("HV_DSN") == "" {
-		if os.Getenv("CI") == "true" {
+		if ci.Required() {
 			t.Fatal("HV_DSN is not set: the example fleet could not be set up (CI=true)")
 		}
 		t.Skip("HV_DSN is not set: no example fleet")

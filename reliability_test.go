@@ -152,11 +152,19 @@ func testHostFailure(t *testing.T, mode string) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	time.Sleep(300 * time.Millisecond) // load before the failure
+	waitUntil(t, "100 inserts acknowledged before the failure", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(acked) >= 100
+	})
 	if err := f.stoppable.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1500 * time.Millisecond) // load during the outage
+	waitUntil(t, "20 failed statements on the stopped host", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return errsB >= 20
+	})
 	if err := f.stoppable.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -249,27 +257,26 @@ func TestKilledConnectionsNotReused(t *testing.T) {
 			}
 			defer db.Close()
 			// Four connections, held at once, then all kept idle.
-			var wg sync.WaitGroup
+			var txs []*sql.Tx
 			for sh := 1; sh <= 4; sh++ {
-				wg.Go(func() {
-					ctx := WithShard(context.Background(), sh)
-					tx, err := db.BeginTx(ctx, nil)
-					if err != nil {
-						t.Error(err)
-						return
-					}
-					time.Sleep(100 * time.Millisecond)
-					_ = tx.Commit()
-				})
+				tx, err := db.BeginTx(WithShard(context.Background(), sh), nil)
+				if err != nil {
+					t.Fatal(err)
+				}
+				txs = append(txs, tx)
 			}
-			wg.Wait()
+			for _, tx := range txs {
+				if err := tx.Commit(); err != nil {
+					t.Fatal(err)
+				}
+			}
 			admin, err := sql.Open("pgx", kw)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer admin.Close()
 			var killed int
-			if err := admin.QueryRow("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = 'hv_killed'").Scan(&killed); err != nil {
+			if err := admin.QueryRow("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'hv_killed'").Scan(&killed); err != nil {
 				t.Fatal(err)
 			}
 			if killed != 4 {

@@ -9,7 +9,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
-	"time"
 )
 
 // The golden values were computed independently (in Python) from the
@@ -260,7 +259,8 @@ func TestReconfigureMovesAShardUnderLoad(t *testing.T) {
 	if _, err := whereAmI(ctx, pinned); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(100 * time.Millisecond) // let the load run on the old map
+	onOld := statements.Load()
+	waitUntil(t, "100 statements on the old map", func() bool { return statements.Load() >= onOld+100 })
 	first := c.fleet.Load().hosts[0].pool
 
 	moved := *cfg
@@ -289,7 +289,8 @@ func TestReconfigureMovesAShardUnderLoad(t *testing.T) {
 		t.Errorf("pinned Conn after the move ran at %+v, %v; want the old owner", got, err)
 	}
 	pinned.Close()
-	time.Sleep(100 * time.Millisecond) // and on the new map
+	onNew := statements.Load()
+	waitUntil(t, "100 statements on the new map", func() bool { return statements.Load() >= onNew+100 })
 	close(stop)
 	wg.Wait()
 	if errs.Load() != 0 || statements.Load() == 0 {

@@ -3,6 +3,7 @@ package pgcluster
 import (
 	"context"
 	"errors"
+	"github.com/hypervault/hv/internal/ci"
 	"net"
 	"os"
 	"path/filepath"
@@ -19,7 +20,7 @@ import (
 func needBinaries(t *testing.T) {
 	t.Helper()
 	if _, err := BinDir(); err != nil {
-		if ci, _ := strconv.ParseBool(os.Getenv("CI")); ci {
+		if ci.Required() {
 			t.Fatalf("CI=true but %v", err)
 		}
 		t.Skip(err)

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/hypervault/hv/internal/ci"
 	"os"
 	"strings"
 	"sync"
@@ -50,14 +51,16 @@ var (
 	dbSeq    atomic.Int64
 )
 
-// ciMustRun reports whether a missing server is a failure.
-func ciMustRun() bool { return os.Getenv("CI") == "true" }
-
-// unavailable fails or skips tb.
+// unavailable fails or skips tb: a missing server fails the test on CI,
+// and whenever HV_TEST_PG names a server (its user asked for that server,
+// so skipping every test and printing ok would hide that it is down).
 func unavailable(tb testing.TB, err error) {
 	tb.Helper()
-	if ciMustRun() {
+	switch {
+	case ci.Required():
 		tb.Fatalf("PostgreSQL needed (CI=true): %v", err)
+	case os.Getenv("HV_TEST_PG") != "":
+		tb.Fatalf("PostgreSQL needed: HV_TEST_PG is set but %v", err)
 	}
 	tb.Skipf("PostgreSQL not available: %v", err)
 }
@@ -229,8 +232,8 @@ func run(m *testing.M, setup func() (func(), error)) int {
 	if setup != nil {
 		cleanup, err := setup()
 		if err != nil {
-			if ciMustRun() {
-				fmt.Fprintf(os.Stderr, "pgtest: setup failed (CI=true): %v\n", err)
+			if ci.Required() || os.Getenv("HV_TEST_PG") != "" {
+				fmt.Fprintf(os.Stderr, "pgtest: setup failed (CI=true or HV_TEST_PG set): %v\n", err)
 				return 1
 			}
 			fmt.Fprintf(os.Stderr, "pgtest: setup failed, running tests only: %v\n", err)
