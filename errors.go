@@ -129,12 +129,16 @@ func (e *ShardError) bare() string {
 func (e *ShardError) Unwrap() error { return e.Err }
 
 // shardErr returns err as a *ShardError of shard on host, or nil for nil.
-// An error that is already shard's ShardError is returned as it is.
+// An error that is already shard's ShardError is returned as it is, with
+// the host filled in when it did not know it.
 func shardErr(shard int, host string, err error) error {
 	if err == nil {
 		return nil
 	}
 	if se, ok := err.(*ShardError); ok && se.Shard == shard {
+		if se.Host == "" && host != "" {
+			return &ShardError{Shard: shard, Host: host, Err: se.Err}
+		}
 		return se
 	}
 	return &ShardError{Shard: shard, Host: host, Err: err}
