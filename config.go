@@ -97,6 +97,15 @@ type Config struct {
 	// PoolMode is PoolModeSession (also when empty) or PoolModeTransaction;
 	// see the DSN option pool_mode.
 	PoolMode string
+	// ExtensionSchema is the schema that holds the fleet's extensions
+	// (hstore and any the application installs), placed after the shard's
+	// schema on search_path so that their types, functions and operators
+	// resolve unqualified (DSN ext_schema). Empty means
+	// DefaultExtensionSchema ("hv_ext"); NoExtensionSchema ("none") leaves
+	// search_path on the shard's schema alone. It must hold no tables:
+	// CreateShards and Datastore.CheckExtensions check that. It may not be
+	// public, whose tables a shard's missing table would then read.
+	ExtensionSchema string
 	// Logger, when set, receives each statement at Debug level (shard, host,
 	// duration) and pool timeouts at Warn level.
 	Logger *slog.Logger
@@ -111,7 +120,7 @@ var secretParams = map[string]bool{"password": true, "sslpassword": true}
 
 // dsnGlobalKeys are the options of a segment without shards=, in the order
 // errors list them.
-var dsnGlobalKeys = []string{"pool_max", "pool_block_timeout", "driver", "schema", "epoch", "num_shards", "shard_max", "pool_mode"}
+var dsnGlobalKeys = []string{"pool_max", "pool_block_timeout", "driver", "schema", "epoch", "num_shards", "shard_max", "pool_mode", "ext_schema"}
 
 // libpqKeywords are the connection keywords libpq documents (plus the "database"
 // alias). Unknown keywords are passed through too; this list only serves
@@ -162,7 +171,9 @@ var libpqKeywords = map[string]bool{
 // "transaction" for hosts behind PgBouncer in transaction pooling mode: hv
 // then sets the schema with SET LOCAL inside every transaction, keeps no
 // session state and makes pgx use unnamed statements, default_query_exec_mode=exec;
-// it needs driver pgx).
+// it needs driver pgx), and ext_schema (the schema of the extensions, after
+// the shard's schema on search_path; default hv_ext, "none" for the shard's
+// schema alone; see Config.ExtensionSchema).
 //
 // On failure ParseConfig returns nil and an error wrapping ErrBadConfig that
 // names the offending segment by its 1-based number (counting empty
@@ -259,7 +270,7 @@ func (c *Config) Validate() error {
 				"pool_max": "PoolMax", "pool_block_timeout": "PoolBlockTimeout",
 				"driver": "Driver", "schema": "SchemaPattern", "epoch": "Epoch",
 				"num_shards": "NumShards", "shard_max": "ShardMax",
-				"pool_mode": "PoolMode",
+				"pool_mode": "PoolMode", "ext_schema": "ExtensionSchema",
 			}[key]}
 		},
 	})
@@ -307,6 +318,9 @@ func (c *Config) validate(where cfgPlaces) error {
 	}
 	if msg := checkSchemaPattern(c.SchemaPattern); msg != "" {
 		return where.global("schema").errorf("schema pattern %q %s", c.SchemaPattern, msg)
+	}
+	if msg := checkExtensionSchema(c.ExtensionSchema, c.SchemaPattern); msg != "" {
+		return where.global("ext_schema").errorf("ext_schema %q %s", c.ExtensionSchema, msg)
 	}
 	if c.NumShards < 0 || c.NumShards > NumShards {
 		return where.global("num_shards").errorf("num_shards %d is outside 1..%d (0 leaves it unset)", c.NumShards, NumShards)
@@ -553,6 +567,9 @@ func (c *Config) String() string {
 	if c.PoolMode != "" {
 		g = append(g, "pool_mode="+dsnQuote(c.PoolMode, false))
 	}
+	if c.ExtensionSchema != "" {
+		g = append(g, "ext_schema="+dsnQuote(c.ExtensionSchema, false))
+	}
 	if !c.Epoch.IsZero() {
 		ms := c.Epoch.UnixMilli()
 		if ms >= 0 && time.UnixMilli(ms).Equal(c.Epoch) {
@@ -782,6 +799,8 @@ func (s *dsnSegment) global(cfg *Config, p *dsnPair) error {
 		}
 	case p.key == "pool_mode":
 		cfg.PoolMode = p.val
+	case p.key == "ext_schema":
+		cfg.ExtensionSchema = p.val
 	case p.key == "epoch":
 		t, err := dsnEpoch(p.val)
 		if err != nil {

@@ -132,7 +132,7 @@ func (c *Connector) newFleet(keep map[string]*hostPool) (*fleet, error) {
 		for s := hc.Shards.Start; s < hc.Shards.End; s++ {
 			f.byShard[s] = h
 			f.schemas[s] = c.cfg.SchemaName(s)
-			f.setPath[s] = "SET search_path TO " + quoteIdent(f.schemas[s])
+			f.setPath[s] = searchPathSQL(false, f.schemas[s], c.cfg.ExtSchema())
 		}
 	}
 	return f, nil
@@ -147,8 +147,8 @@ func (c *Connector) poolKey(hc *HostConfig) string {
 		poolMax = hc.PoolMax
 	}
 	conn := HostConfig{Params: hc.Params}
-	return fmt.Sprintf("%s\x00%s\x00%d\x00%d\x00%v\x00%p", conn.ConnString(), c.cfg.Driver,
-		poolMax, c.cfg.ShardMax, c.cfg.PoolBlockTimeout, c.cfg.Logger)
+	return fmt.Sprintf("%s\x00%s\x00%d\x00%d\x00%v\x00%p\x00%s", conn.ConnString(), c.cfg.Driver,
+		poolMax, c.cfg.ShardMax, c.cfg.PoolBlockTimeout, c.cfg.Logger, c.cfg.ExtSchema())
 }
 
 func (c *Connector) openHost(hc *HostConfig) (*hostPool, error) {
@@ -188,7 +188,7 @@ func (c *Connector) openHost(hc *HostConfig) (*hostPool, error) {
 		blockTimeout: c.cfg.PoolBlockTimeout,
 		logger:       c.cfg.Logger,
 	}
-	h.db = sql.OpenDB(trackingConnector{inner: ic, switches: &h.switches, txMode: txMode})
+	h.db = sql.OpenDB(trackingConnector{inner: ic, switches: &h.switches, txMode: txMode, ext: c.cfg.ExtSchema()})
 	h.db.SetMaxOpenConns(poolMax)
 	h.db.SetMaxIdleConns(poolMax)
 	return h, nil

@@ -380,6 +380,7 @@ type physConn struct {
 	// statement outside a transaction, which sets it with SET LOCAL.
 	txMode  bool
 	pending string
+	ext     string // the extension schema, after pending on search_path (searchpath.go)
 	// px is hv's own statement path on a pgx connection (pgxsession.go),
 	// nil where statements go through the inner driver's own.
 	px *pgxSession
@@ -498,6 +499,7 @@ type trackingConnector struct {
 	inner    driver.Connector
 	switches *atomic.Int64
 	txMode   bool
+	ext      string
 }
 
 func (t trackingConnector) Connect(ctx context.Context) (driver.Conn, error) {
@@ -505,7 +507,7 @@ func (t trackingConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &physConn{Conn: c, switches: t.switches, txMode: t.txMode}
+	p := &physConn{Conn: c, switches: t.switches, txMode: t.txMode, ext: t.ext}
 	if !t.txMode {
 		p.px = newPgxSession(c)
 	}

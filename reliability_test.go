@@ -525,12 +525,12 @@ func TestSchemaNamesSafe(t *testing.T) {
 	defer c.Close()
 	f := c.fleet.Load()
 	for s := range NumShards {
-		want := fmt.Sprintf(`SET search_path TO "x_%05d"`, s)
+		want := fmt.Sprintf(`SET search_path TO "x_%05d", "hv_ext"`, s)
 		if f.setPath[s] != want {
 			t.Fatalf("shard %d: %q", s, f.setPath[s])
 		}
-		if setLocal(f.schemas[s]) != fmt.Sprintf(`SET LOCAL search_path TO "x_%05d"`, s) {
-			t.Fatalf("shard %d: %q", s, setLocal(f.schemas[s]))
+		if setLocal(f.schemas[s], "hv_ext") != fmt.Sprintf(`SET LOCAL search_path TO "x_%05d", "hv_ext"`, s) {
+			t.Fatalf("shard %d: %q", s, setLocal(f.schemas[s], "hv_ext"))
 		}
 	}
 }

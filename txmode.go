@@ -51,10 +51,10 @@ var txModeExecModes = map[string]bool{"exec": true, "simple_protocol": true, "de
 // no schema: it must never run on whatever search_path the server has.
 var errNoSchema = errors.New("hv: pool_mode transaction: statement has no schema")
 
-// setLocal returns the statement that sets search_path to schema for the
-// current transaction only.
-func setLocal(schema string) string {
-	return "SET LOCAL search_path TO " + quoteIdent(schema)
+// setLocal returns the statement that sets search_path to schema (and the
+// extension schema ext) for the current transaction only.
+func setLocal(schema, ext string) string {
+	return searchPathSQL(true, schema, ext)
 }
 
 // takePending returns the schema useSchema named for the next statement,
@@ -79,7 +79,7 @@ func (p *physConn) execLocal(ctx context.Context, ex driver.ExecerContext, query
 		a = append(a, driver.NamedValue{Value: pgx.QueryExecModeSimpleProtocol})
 		args = append(a, args...)
 	}
-	return ex.ExecContext(ctx, setLocal(schema)+"; "+query, args)
+	return ex.ExecContext(ctx, setLocal(schema, p.ext)+"; "+query, args)
 }
 
 // queryLocal runs query on schema in a transaction of its own, which the
@@ -89,7 +89,7 @@ func (p *physConn) queryLocal(ctx context.Context, q driver.QueryerContext, quer
 	if err != nil {
 		return nil, err
 	}
-	if err := p.execPlain(ctx, "BEGIN; "+setLocal(schema)); err != nil {
+	if err := p.execPlain(ctx, "BEGIN; "+setLocal(schema, p.ext)); err != nil {
 		return nil, err
 	}
 	rows, err := q.QueryContext(ctx, query, args)
@@ -110,7 +110,7 @@ func (p *physConn) beginLocal(ctx context.Context, opts driver.TxOptions) (drive
 	if err != nil {
 		return nil, err
 	}
-	if err := p.execPlain(ctx, begin+"; "+setLocal(schema)); err != nil {
+	if err := p.execPlain(ctx, begin+"; "+setLocal(schema, p.ext)); err != nil {
 		return nil, err
 	}
 	return localTx{p: p}, nil
