@@ -238,7 +238,7 @@ func (d *Datastore) createShard(ctx context.Context, tx *sql.Tx, shard int, hsto
 	if err := exec("CREATE TABLE IF NOT EXISTS " + q + ".entities (" +
 		"id bigint PRIMARY KEY DEFAULT " + q + ".next_id(), " +
 		"kind smallint NOT NULL, " +
-		"body "+quoteIdent(hstoreSchema)+".hstore NOT NULL, " +
+		"body " + quoteIdent(hstoreSchema) + ".hstore NOT NULL, " +
 		"updated timestamptz)"); err != nil {
 		return err
 	}

@@ -193,7 +193,7 @@ func TestExtensionSchemaConfig(t *testing.T) {
 		}
 	}
 	for dsn, want := range map[string]string{
-		"shards=0-8 host=h":                 `SET search_path TO "shard0005", "hv_ext"`,
+		"shards=0-8 host=h":                  `SET search_path TO "shard0005", "hv_ext"`,
 		"shards=0-8 host=h; ext_schema=ext1": `SET search_path TO "shard0005", "ext1"`,
 		"shards=0-8 host=h; ext_schema=none": `SET search_path TO "shard0005"`,
 	} {
