@@ -21,6 +21,9 @@ type conn struct {
 	// intended is the shard named by the context the connection was checked
 	// out with (db.Conn(hv.WithShard(ctx, n))), or -1.
 	intended int
+	// fixed is the shard of a connection of Connector.ForShard, for its
+	// whole life (forshard.go), or -1.
+	fixed int
 
 	// The physical lease, when held.
 	host    *hostPool
@@ -47,8 +50,8 @@ var (
 
 // checkout records the shard the checkout context names.
 func (c *conn) checkout(ctx context.Context) {
-	c.intended = -1
-	if s, ok, _ := c.connector.shardOf(ctx, c.connector.fleet.Load()); ok {
+	c.intended = c.fixed
+	if s, ok, _ := c.connector.shardOf(ctx, c.connector.fleet.Load()); ok && c.fixed < 0 {
 		c.intended = s
 	}
 }
@@ -68,7 +71,7 @@ func (c *conn) ResetSession(ctx context.Context) error {
 // the outer pool: the physical connection goes back to its host's pool.
 func (c *conn) IsValid() bool {
 	c.release()
-	c.intended = -1
+	c.intended = c.fixed
 	return !c.connector.closed.Load()
 }
 

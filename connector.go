@@ -245,7 +245,7 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if c.closed.Load() {
 		return nil, ErrClosed
 	}
-	cn := &conn{connector: c, intended: -1, shard: -1}
+	cn := &conn{connector: c, intended: -1, shard: -1, fixed: -1}
 	cn.checkout(ctx)
 	return cn, nil
 }
