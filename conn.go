@@ -247,6 +247,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 // PrepareContext returns a statement that keeps the SQL and runs it on the
 // shard of each execution's context; nothing is sent to a server here.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	if isCopyFromStdin(query) {
+		return c.prepareCopy(ctx, query) // copy.go
+	}
 	if _, err := c.route(ctx); err != nil && !errors.Is(err, ErrNoShard) {
 		return nil, err
 	}
