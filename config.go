@@ -391,8 +391,10 @@ func checkHostParam(k, v string) string {
 		return "search_path may not be set: hv sets it to the shard's schema"
 	case k == "options" && mentionsSearchPath(v):
 		return "options may not set search_path: hv sets it to the shard's schema"
+	case suggestKeyword(k) != "":
+		return fmt.Sprintf("unknown connection keyword %q: did you mean %s? (hv passes unknown keywords to the server as settings, but this one looks misspelt)", k, suggestKeyword(k))
 	case strings.IndexByte(v, 0) >= 0:
-		if secretParams[k] {
+		if secretParams[k] || nearSecret(k) {
 			return fmt.Sprintf("the value of %q holds a NUL byte", k)
 		}
 		return fmt.Sprintf("the value of %q holds a NUL byte: %q", k, v)
@@ -666,7 +668,7 @@ func (s *dsnSegment) text() string {
 		switch {
 		case p.secret:
 			parts = append(parts, redactedSecret)
-		case secretParams[p.key]:
+		case secretParams[p.key] || nearSecret(p.key):
 			parts = append(parts, p.key+"="+redactedSecret)
 		default:
 			parts = append(parts, p.key+"="+dsnQuote(p.val, false))
@@ -682,6 +684,11 @@ func (s *dsnSegment) text() string {
 // and a hint when its first pair may be part of a password.
 func (s *dsnSegment) cfgPlace() cfgPlace {
 	p := cfgPlace{where: fmt.Sprintf("segment %d %q", s.num, s.text())}
+	if len(s.pairs) == 0 {
+		// Nothing of the segment could be read: the error's position says
+		// where it went wrong, a quoted "..." would say nothing.
+		p.where = fmt.Sprintf("segment %d", s.num)
+	}
 	if s.suspect && (len(s.pairs) == 0 || s.pairs[0].secret) {
 		p.hint = " (the segment directly follows an unquoted password ended by ';': if the password holds a ';', quote it, password='...'; if not, put a space after the ';')"
 	}
