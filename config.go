@@ -97,6 +97,15 @@ type Config struct {
 	// PoolMode is PoolModeSession (also when empty) or PoolModeTransaction;
 	// see the DSN option pool_mode.
 	PoolMode string
+	// ExtensionSchema is the schema that holds the fleet's extensions
+	// (hstore and any the application installs), placed after the shard's
+	// schema on search_path so that their types, functions and operators
+	// resolve unqualified (DSN ext_schema). Empty means
+	// DefaultExtensionSchema ("hv_ext"); NoExtensionSchema ("none") leaves
+	// search_path on the shard's schema alone. It must hold no tables:
+	// CreateShards and Datastore.CheckExtensions check that. It may not be
+	// public, whose tables a shard's missing table would then read.
+	ExtensionSchema string
 	// Logger, when set, receives each statement at Debug level (shard, host,
 	// duration) and pool timeouts at Warn level.
 	Logger *slog.Logger
@@ -111,7 +120,7 @@ var secretParams = map[string]bool{"password": true, "sslpassword": true}
 
 // dsnGlobalKeys are the options of a segment without shards=, in the order
 // errors list them.
-var dsnGlobalKeys = []string{"pool_max", "pool_block_timeout", "driver", "schema", "epoch", "num_shards", "shard_max", "pool_mode"}
+var dsnGlobalKeys = []string{"pool_max", "pool_block_timeout", "driver", "schema", "epoch", "num_shards", "shard_max", "pool_mode", "ext_schema"}
 
 // libpqKeywords are the connection keywords libpq documents (plus the "database"
 // alias). Unknown keywords are passed through too; this list only serves
@@ -162,7 +171,9 @@ var libpqKeywords = map[string]bool{
 // "transaction" for hosts behind PgBouncer in transaction pooling mode: hv
 // then sets the schema with SET LOCAL inside every transaction, keeps no
 // session state and makes pgx use unnamed statements, default_query_exec_mode=exec;
-// it needs driver pgx).
+// it needs driver pgx), and ext_schema (the schema of the extensions, after
+// the shard's schema on search_path; default hv_ext, "none" for the shard's
+// schema alone; see Config.ExtensionSchema).
 //
 // On failure ParseConfig returns nil and an error wrapping ErrBadConfig that
 // names the offending segment by its 1-based number (counting empty
@@ -259,7 +270,7 @@ func (c *Config) Validate() error {
 				"pool_max": "PoolMax", "pool_block_timeout": "PoolBlockTimeout",
 				"driver": "Driver", "schema": "SchemaPattern", "epoch": "Epoch",
 				"num_shards": "KeyShards", "shard_max": "ShardMax",
-				"pool_mode": "PoolMode",
+				"pool_mode": "PoolMode", "ext_schema": "ExtensionSchema",
 			}[key]}
 		},
 	})
@@ -307,6 +318,9 @@ func (c *Config) validate(where cfgPlaces) error {
 	}
 	if msg := checkSchemaPattern(c.SchemaPattern); msg != "" {
 		return where.global("schema").errorf("schema pattern %q %s", c.SchemaPattern, msg)
+	}
+	if msg := checkExtensionSchema(c.ExtensionSchema, c.SchemaPattern); msg != "" {
+		return where.global("ext_schema").errorf("ext_schema %q %s", c.ExtensionSchema, msg)
 	}
 	if c.KeyShards < 0 || c.KeyShards > NumShards {
 		return where.global("num_shards").errorf("num_shards %d is outside 1..%d (0 leaves it unset)", c.KeyShards, NumShards)
@@ -377,8 +391,10 @@ func checkHostParam(k, v string) string {
 		return "search_path may not be set: hv sets it to the shard's schema"
 	case k == "options" && mentionsSearchPath(v):
 		return "options may not set search_path: hv sets it to the shard's schema"
+	case suggestKeyword(k) != "":
+		return fmt.Sprintf("unknown connection keyword %q: did you mean %s? (hv passes unknown keywords to the server as settings, but this one looks misspelt)", k, suggestKeyword(k))
 	case strings.IndexByte(v, 0) >= 0:
-		if secretParams[k] {
+		if secretParams[k] || nearSecret(k) {
 			return fmt.Sprintf("the value of %q holds a NUL byte", k)
 		}
 		return fmt.Sprintf("the value of %q holds a NUL byte: %q", k, v)
@@ -553,6 +569,9 @@ func (c *Config) String() string {
 	if c.PoolMode != "" {
 		g = append(g, "pool_mode="+dsnQuote(c.PoolMode, false))
 	}
+	if c.ExtensionSchema != "" {
+		g = append(g, "ext_schema="+dsnQuote(c.ExtensionSchema, false))
+	}
 	if !c.Epoch.IsZero() {
 		ms := c.Epoch.UnixMilli()
 		if ms >= 0 && time.UnixMilli(ms).Equal(c.Epoch) {
@@ -649,7 +668,7 @@ func (s *dsnSegment) text() string {
 		switch {
 		case p.secret:
 			parts = append(parts, redactedSecret)
-		case secretParams[p.key]:
+		case secretParams[p.key] || nearSecret(p.key):
 			parts = append(parts, p.key+"="+redactedSecret)
 		default:
 			parts = append(parts, p.key+"="+dsnQuote(p.val, false))
@@ -665,6 +684,11 @@ func (s *dsnSegment) text() string {
 // and a hint when its first pair may be part of a password.
 func (s *dsnSegment) cfgPlace() cfgPlace {
 	p := cfgPlace{where: fmt.Sprintf("segment %d %q", s.num, s.text())}
+	if len(s.pairs) == 0 {
+		// Nothing of the segment could be read: the error's position says
+		// where it went wrong, a quoted "..." would say nothing.
+		p.where = fmt.Sprintf("segment %d", s.num)
+	}
 	if s.suspect && (len(s.pairs) == 0 || s.pairs[0].secret) {
 		p.hint = " (the segment directly follows an unquoted password ended by ';': if the password holds a ';', quote it, password='...'; if not, put a space after the ';')"
 	}
@@ -782,6 +806,8 @@ func (s *dsnSegment) global(cfg *Config, p *dsnPair) error {
 		}
 	case p.key == "pool_mode":
 		cfg.PoolMode = p.val
+	case p.key == "ext_schema":
+		cfg.ExtensionSchema = p.val
 	case p.key == "epoch":
 		t, err := dsnEpoch(p.val)
 		if err != nil {

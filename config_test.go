@@ -210,7 +210,7 @@ func TestParseConfigErrors(t *testing.T) {
 		{"shards=0-1 password='" + pw + "'x", []string{"segment 1", "after the closing quote at position"}},
 		{"shards=0-1 host db1 password=" + pw, []string{`segment 1 "shards=0-1 ..."`, `missing "=" after the key at position 12`}},
 		{"shards=0-1 password=" + pw + " host", []string{`segment 1 "shards=0-1 password=xxxxx ..."`, `missing "="`}},
-		{"shards=0-1 password=" + pw + "; =x", []string{`segment 2 "..."`, "empty key"}},
+		{"shards=0-1 password=" + pw + "; =x", []string{`segment 2: `, "empty key"}},
 		{"shards=0-1 password=" + pw + " password=" + pw, []string{`duplicate key "password"`}},
 		{"shards=0-1 host=a host=b password=" + pw, []string{`segment 1`, `duplicate key "host"`}},
 		{"shards=0-1 shards=1-2", []string{`duplicate key "shards"`}},

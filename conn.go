@@ -25,6 +25,9 @@ type conn struct {
 	// that context's shard key could not be mapped.
 	intended    int
 	intendedErr error
+	// fixed is the shard of a connection of Connector.ForShard, for its
+	// whole life (forshard.go), or -1.
+	fixed int
 
 	// The physical lease, when held: where the shard lives, the inner
 	// pool's connection and the shard_max slot it holds.
@@ -50,7 +53,10 @@ var (
 
 // checkout records the shard the checkout context names.
 func (c *conn) checkout(ctx context.Context) {
-	c.intended, c.intendedErr = -1, nil
+	c.intended, c.intendedErr = c.fixed, nil
+	if c.fixed >= 0 {
+		return
+	}
 	if s, ok, err := c.connector.shardOf(ctx, c.connector.fleet.Load()); ok {
 		c.intended = s
 	} else {
@@ -73,7 +79,7 @@ func (c *conn) ResetSession(ctx context.Context) error {
 // the outer pool: the physical connection goes back to its host's pool.
 func (c *conn) IsValid() bool {
 	c.release()
-	c.intended, c.intendedErr = -1, nil
+	c.intended, c.intendedErr = c.fixed, nil
 	return !c.connector.closed.Load()
 }
 
@@ -255,6 +261,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 // PrepareContext returns a statement that keeps the SQL and runs it on the
 // shard of each execution's context; nothing is sent to a server here.
 func (c *conn) PrepareContext(ctx context.Context, query string) (driver.Stmt, error) {
+	if isCopyFromStdin(query) {
+		return c.prepareCopy(ctx, query) // copy.go
+	}
 	if _, err := c.route(ctx, c.connector.fleet.Load()); err != nil && !errors.Is(err, ErrNoShard) {
 		return nil, err
 	}

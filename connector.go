@@ -52,14 +52,16 @@ type fleetHost struct {
 }
 
 // placement is where one shard lives in a fleet: its host and schema, the
-// statement that switches a session to the schema, and the shard's
-// counters on the host.
+// statements that put a session's search_path on it (setPath, and
+// localPath for the current transaction only; both name the extension
+// schema after it, searchpath.go), and the shard's counters on the host.
 type placement struct {
-	shard    int
-	host     *hostPool
-	schema   string
-	setPath  string
-	counters *shardCounters
+	shard     int
+	host      *hostPool
+	schema    string
+	setPath   string
+	localPath string
+	counters  *shardCounters
 }
 
 // place returns shard's placement, or a *ShardError wrapping
@@ -175,7 +177,9 @@ func (c *Connector) newFleet(cfg *Config, keep map[string]*hostPool) (*fleet, er
 		for s := hc.Shards.Start; s < hc.Shards.End; s++ {
 			schema := cfg.SchemaName(s)
 			f.shards[s] = &placement{shard: s, host: h, schema: schema,
-				setPath: "SET search_path TO " + quoteIdent(schema), counters: h.counters(s)}
+				setPath:   searchPathSQL(false, schema, cfg.ExtSchema()),
+				localPath: searchPathSQL(true, schema, cfg.ExtSchema()),
+				counters:  h.counters(s)}
 		}
 	}
 	for _, apply := range configure {
@@ -279,7 +283,7 @@ func (c *Connector) Connect(ctx context.Context) (driver.Conn, error) {
 	if c.closed.Load() {
 		return nil, ErrClosed
 	}
-	cn := &conn{connector: c, intended: -1}
+	cn := &conn{connector: c, intended: -1, fixed: -1}
 	cn.checkout(ctx)
 	return cn, nil
 }

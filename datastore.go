@@ -34,7 +34,7 @@ type Entity struct {
 // Keys, in the shards of an hv fleet: each shard's schema holds a table
 //
 //	entities (id bigint PRIMARY KEY DEFAULT <schema>.next_id(),
-//	          kind smallint NOT NULL, body public.hstore NOT NULL, updated timestamptz)
+//	          kind smallint NOT NULL, body hv_ext.hstore NOT NULL, updated timestamptz)
 //
 // with a GIN index on body. CreateShards creates it. A Datastore is safe for
 // concurrent use.
@@ -43,6 +43,10 @@ type Datastore struct {
 	c      *Connector
 	layout Layout
 	err    error // why the Datastore cannot be used (nil Connector, bad epoch)
+
+	// stmts caches, per host name, the entity statements qualified with
+	// the schema hstore is installed in there (datastore_ext.go).
+	stmts sync.Map
 }
 
 // Open parses dsn (see ParseConfig), makes a Connector and returns a
@@ -134,8 +138,10 @@ func dsOpErr(err error, format string, args ...any) error {
 }
 
 // CreateShards makes every shard of the fleet ready for entities, on every
-// host, hosts concurrently: first the hstore extension in schema public of
-// each host's database (once), then for each shard of the host its schema,
+// host, hosts concurrently: first the extension schema (Config.ExtSchema,
+// hv_ext by default; checked to hold no tables) and the hstore extension in
+// it, once per host's database (a database that has hstore in public
+// already keeps it there, see the README for moving it), then for each shard of the host its schema,
 // its key generator (next_id(), lease_ids(), hv_layout()) and the entities
 // table with a GIN index on body. It is idempotent and safe to run from
 // several processes at once (advisory locks serialise them). A shard whose
@@ -157,9 +163,10 @@ func (d *Datastore) CreateShardsProgress(ctx context.Context, progress func(done
 	}
 	hosts := d.c.Stats()
 	errs := make([]error, len(hosts))
+	hstoreIn := make([]string, len(hosts))
 	var wg sync.WaitGroup
 	for i, h := range hosts {
-		wg.Go(func() { errs[i] = d.ensureHstore(ctx, h) })
+		wg.Go(func() { hstoreIn[i], errs[i] = d.ensureExtensions(ctx, h) })
 	}
 	wg.Wait()
 	shards := make([]int, 0)
@@ -171,50 +178,24 @@ func (d *Datastore) CreateShardsProgress(ctx context.Context, progress func(done
 			shards = append(shards, s)
 		}
 	}
-	res := EachShard(ctx, d.db, d.c, d.createShard, &EachShardOptions{Shards: shards, Progress: progress})
-	return errors.Join(append(errs, res.Err())...)
-}
-
-// ensureHstore installs the hstore extension in schema public of host h's
-// database unless it is there, and fails when it is in another schema.
-func (d *Datastore) ensureHstore(ctx context.Context, h HostStats) error {
-	fail := func(err error) error {
-		return fmt.Errorf("hv: host %s: installing the hstore extension: %w", h.Host, err)
-	}
-	sctx := WithShard(ctx, h.Shards.Start)
-	tx, err := d.db.BeginTx(sctx, nil)
-	if err != nil {
-		return fail(err)
-	}
-	defer tx.Rollback() //nolint:errcheck // after Commit it is a no-op
-	if _, err := tx.ExecContext(sctx, advisoryXactLock(lockCreateShards, -1)); err != nil {
-		return fail(err)
-	}
-	const where = "SELECT n.nspname FROM pg_catalog.pg_extension e JOIN pg_catalog.pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'hstore'"
-	var schema string
-	switch err := tx.QueryRowContext(sctx, where).Scan(&schema); {
-	case errors.Is(err, sql.ErrNoRows):
-		// With search_path on a shard's schema a bare CREATE EXTENSION
-		// would put it there: name the schema.
-		if _, err := tx.ExecContext(sctx, "CREATE EXTENSION IF NOT EXISTS hstore SCHEMA public"); err != nil {
-			return fail(err)
+	create := func(ctx context.Context, tx *sql.Tx, shard int) error {
+		for i, h := range hosts {
+			if h.Shards.Contains(shard) {
+				return d.createShard(ctx, tx, shard, hstoreIn[i])
+			}
 		}
-	case err != nil:
-		return fail(err)
-	case schema != "public":
-		return fail(fmt.Errorf("it is installed in schema %q; hv needs it in public (ALTER EXTENSION hstore SET SCHEMA public)", schema))
+		return ErrUnknownShard
 	}
-	if err := tx.Commit(); err != nil {
-		return fail(err)
-	}
-	return nil
+	res := EachShard(ctx, d.db, d.c, create, &EachShardOptions{Shards: shards, Progress: progress})
+	return errors.Join(append(errs, res.Err())...)
 }
 
 // dsLiteral quotes s as an SQL string literal.
 func dsLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
-// createShard creates shard's schema, key generator and entities table in tx.
-func (d *Datastore) createShard(ctx context.Context, tx *sql.Tx, shard int) error {
+// createShard creates shard's schema, key generator and entities table in
+// tx; hstoreSchema is the schema of the host's hstore extension.
+func (d *Datastore) createShard(ctx context.Context, tx *sql.Tx, shard int, hstoreSchema string) error {
 	schema, _, err := d.c.SchemaFor(shard)
 	if err != nil {
 		return err
@@ -250,7 +231,7 @@ func (d *Datastore) createShard(ctx context.Context, tx *sql.Tx, shard int) erro
 	if err := exec("CREATE TABLE IF NOT EXISTS " + q + ".entities (" +
 		"id bigint PRIMARY KEY DEFAULT " + q + ".next_id(), " +
 		"kind smallint NOT NULL, " +
-		"body public.hstore NOT NULL, " +
+		"body " + quoteIdent(hstoreSchema) + ".hstore NOT NULL, " +
 		"updated timestamptz)"); err != nil {
 		return err
 	}
@@ -326,15 +307,17 @@ func dsHstoreText(m map[string]string) (string, error) {
 }
 
 // The entity statements. The table is found on the shard's search_path;
-// hstore's type and operator, which live in public, are named in full.
-// Parameters go as text and are cast, so that neither driver needs to know
-// the hstore type's OID.
+// hstore's type and operator are named in full, in the schema the host has
+// the extension in ($HSTORE: hv_ext, or public in fleets made before the
+// extension schema; see dsStatementsFor), so that they work whatever the
+// search_path. Parameters go as text and are cast, so that neither driver
+// needs to know the hstore type's OID.
 const (
-	putSQL    = "INSERT INTO entities (kind, body, updated) VALUES ($1, $2::text::public.hstore, pg_catalog.clock_timestamp()) RETURNING id"
+	putSQL    = "INSERT INTO entities (kind, body, updated) VALUES ($1, $2::text::$HSTORE.hstore, pg_catalog.clock_timestamp()) RETURNING id"
 	getSQL    = "SELECT kind, body::text, updated FROM entities WHERE id = $1"
-	updateSQL = "UPDATE entities SET body = $2::text::public.hstore, updated = pg_catalog.clock_timestamp() WHERE id = $1"
+	updateSQL = "UPDATE entities SET body = $2::text::$HSTORE.hstore, updated = pg_catalog.clock_timestamp() WHERE id = $1"
 	deleteSQL = "DELETE FROM entities WHERE id = $1"
-	findSQL   = "SELECT id, kind, body::text, updated FROM entities WHERE kind = $1 AND body OPERATOR(public.@>) $2::text::public.hstore ORDER BY id"
+	findSQL   = "SELECT id, kind, body::text, updated FROM entities WHERE kind = $1 AND body OPERATOR($HSTORE.@>) $2::text::$HSTORE.hstore ORDER BY id"
 )
 
 // Put stores a new entity of kind with body data on shard and returns its
@@ -354,7 +337,10 @@ func (d *Datastore) Put(ctx context.Context, shard, kind int, data map[string]st
 		return 0, dsOpErr(err, "put on shard %d", shard)
 	}
 	var k Key
-	if err := d.db.QueryRowContext(WithShard(ctx, shard), putSQL, kind, body).Scan(&k); err != nil {
+	err = d.withStatements(ctx, shard, func(st *dsStatements) error {
+		return d.db.QueryRowContext(WithShard(ctx, shard), st.put, kind, body).Scan(&k)
+	})
+	if err != nil {
 		return 0, dsOpErr(err, "put on shard %d", shard)
 	}
 	return k, nil
@@ -408,7 +394,9 @@ func (d *Datastore) Update(ctx context.Context, key Key, data map[string]string)
 	if err != nil {
 		return dsOpErr(err, "%s", op)
 	}
-	return d.execOne(ctx, key, op, updateSQL, int64(key), body)
+	return d.withStatements(ctx, key.ShardID(), func(st *dsStatements) error {
+		return d.execOne(ctx, key, op, st.update, int64(key), body)
+	})
 }
 
 // Delete removes the entity with key. When there is no such entity the
@@ -459,7 +447,12 @@ func (d *Datastore) Find(ctx context.Context, shard, kind int, match map[string]
 	if err != nil {
 		return nil, dsOpErr(err, "%s", op)
 	}
-	rows, err := d.db.QueryContext(WithShard(ctx, shard), findSQL, kind, body)
+	var rows *sql.Rows
+	err = d.withStatements(ctx, shard, func(st *dsStatements) error {
+		var err error
+		rows, err = d.db.QueryContext(WithShard(ctx, shard), st.find, kind, body)
+		return err
+	})
 	if err != nil {
 		return nil, dsOpErr(err, "%s", op)
 	}

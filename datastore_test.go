@@ -70,14 +70,14 @@ func TestDatastoreTwoServers(t *testing.T) {
 				t.Fatalf("CheckLayout: %v", err)
 			}
 
-			// The extension is in public of both databases; no shard schema
+			// The extension is in hv_ext of both databases; no shard schema
 			// got a copy.
 			for i := range 2 {
 				var schema string
 				err := directDB(t, f, i).QueryRow(
 					"SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace WHERE extname = 'hstore'").Scan(&schema)
-				if err != nil || schema != "public" {
-					t.Fatalf("host %d: hstore extension in %q, %v; want public", i, schema, err)
+				if err != nil || schema != "hv_ext" {
+					t.Fatalf("host %d: hstore extension in %q, %v; want hv_ext", i, schema, err)
 				}
 			}
 
@@ -237,7 +237,7 @@ func TestDatastoreNullValues(t *testing.T) {
 			}
 			var k Key
 			err := d.DB().QueryRowContext(WithShard(ctx, 10),
-				`INSERT INTO entities (kind, body) VALUES (3, 'a=>NULL, b=>"NULL", c=>x'::public.hstore) RETURNING id`).Scan(&k)
+				`INSERT INTO entities (kind, body) VALUES (3, 'a=>NULL, b=>"NULL", c=>x'::hstore) RETURNING id`).Scan(&k)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -279,7 +279,7 @@ func TestDatastoreFindUsesGINIndex(t *testing.T) {
 	}
 	// Enough rows that an index matters.
 	if _, err := d.DB().ExecContext(WithShard(ctx, 12), `INSERT INTO entities (kind, body)
-		SELECT 1, public.hstore(ARRAY['n', g::text, 'beep', 'boop']) FROM pg_catalog.generate_series(100, 1100) g`); err != nil {
+		SELECT 1, hstore(ARRAY['n', g::text, 'beep', 'boop']) FROM pg_catalog.generate_series(100, 1100) g`); err != nil {
 		t.Fatal(err)
 	}
 	sctx := WithShard(ctx, 12)
@@ -302,7 +302,7 @@ func TestDatastoreFindUsesGINIndex(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rows, err := tx.QueryContext(sctx, "EXPLAIN "+findSQL, 1, body)
+	rows, err := tx.QueryContext(sctx, "EXPLAIN "+dsStatementsFor("hv_ext").find, 1, body)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -55,7 +55,9 @@
 //
 // hv takes a connection from the owning host's pool (one inner *sql.DB per
 // host, at most pool_max connections), sets its search_path to the shard's
-// schema alone (never public: a table missing from the shard is an error),
+// schema and then the extension schema hv_ext, which holds extensions
+// (hstore) and no tables (never public: a table missing from the shard is
+// an error),
 // runs the statement and gives the connection back when the Rows or Result
 // is done. A statement whose context names no shard fails with ErrNoShard;
 // one naming a shard no host owns with ErrUnknownShard. hv remembers each
@@ -81,6 +83,20 @@
 // WithFanOutConcurrency bounds the shards queried at once. Fan-out on a pinned
 // Conn or inside a transaction is refused (ErrFanOutPinned). Aggregates are
 // per shard: SELECT count(*) gives one row per shard, to be summed.
+//
+// # One shard as a *sql.DB, migrations, extensions, COPY
+//
+// sql.OpenDB(connector.ForShard(n)) runs every statement on shard n,
+// whatever its context, for tools that take a *sql.DB and do not pass the
+// application's context (golang-migrate, ent's schema migration, goose).
+// The package github.com/hypervault/hv/migrate runs goose migrations on
+// every shard, a Provider and an advisory lock per shard, reporting failed
+// shards and version skew. Extension types and operators resolve
+// unqualified because the extension schema (Config.ExtensionSchema, DSN
+// ext_schema) follows the shard's schema on search_path; CreateShards
+// installs hstore there and Datastore.CheckExtensions checks it. With
+// driver=postgres, tx.Prepare(pq.CopyIn(...)) works in a transaction; with
+// pgx, COPY goes through Raw.
 //
 // # Errors
 //

@@ -532,12 +532,12 @@ func TestSchemaNamesSafe(t *testing.T) {
 	defer c.Close()
 	f := c.fleet.Load()
 	for s := range NumShards {
-		want := fmt.Sprintf(`SET search_path TO "x_%05d"`, s)
+		want := fmt.Sprintf(`SET search_path TO "x_%05d", "hv_ext"`, s)
 		if f.shards[s].setPath != want {
 			t.Fatalf("shard %d: %q", s, f.shards[s].setPath)
 		}
-		if setLocal(f.shards[s].schema) != fmt.Sprintf(`SET LOCAL search_path TO "x_%05d"`, s) {
-			t.Fatalf("shard %d: %q", s, setLocal(f.shards[s].schema))
+		if f.shards[s].localPath != fmt.Sprintf(`SET LOCAL search_path TO "x_%05d", "hv_ext"`, s) {
+			t.Fatalf("shard %d: %q", s, f.shards[s].localPath)
 		}
 	}
 }

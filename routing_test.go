@@ -70,7 +70,7 @@ func mockFleet(t *testing.T, blockTimeout time.Duration) (*sql.DB, *Connector, s
 }
 
 func expectSet(m sqlmock.Sqlmock, schema string) {
-	m.ExpectExec(`SET search_path TO "` + schema + `"`).WillReturnResult(sqlmock.NewResult(0, 0))
+	m.ExpectExec(`SET search_path TO "` + schema + `", "hv_ext"`).WillReturnResult(sqlmock.NewResult(0, 0))
 }
 
 func expectSelect(m sqlmock.Sqlmock, v int) {
@@ -186,7 +186,7 @@ func TestErrorMakesHvForgetTheSchema(t *testing.T) {
 func TestFailedSwitchIsNotRemembered(t *testing.T) {
 	db, _, a, _ := mockFleet(t, time.Second)
 	ctx := WithShard(context.Background(), 4)
-	a.ExpectExec(`SET search_path TO "shard0004"`).WillReturnError(errors.New("nope"))
+	a.ExpectExec(`SET search_path TO "shard0004", "hv_ext"`).WillReturnError(errors.New("nope"))
 	expectSet(a, "shard0004")
 	expectSelect(a, 1)
 	if _, err := db.QueryContext(ctx, "SELECT v"); err == nil {

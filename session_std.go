@@ -112,6 +112,15 @@ func (s *session) execInner(ctx context.Context, query string, args []driver.Nam
 	return res, err
 }
 
+// prepareInner prepares query on the inner connection itself: lib/pq
+// enters COPY FROM STDIN only from its own Prepare (copy.go).
+func (s *session) prepareInner(ctx context.Context, query string) (driver.Stmt, error) {
+	if p, ok := s.inner.(driver.ConnPrepareContext); ok {
+		return p.PrepareContext(ctx, query)
+	}
+	return s.inner.Prepare(query)
+}
+
 // execPlain sends a statement without arguments (simple protocol).
 func (s *session) execPlain(ctx context.Context, stmt string) error {
 	ex, ok := s.inner.(driver.ExecerContext)

@@ -38,7 +38,6 @@ package hv
 import (
 	"context"
 	"database/sql/driver"
-	"errors"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/stdlib"
@@ -54,12 +53,6 @@ var txModeExecModes = map[string]bool{"exec": true, "simple_protocol": true, "de
 // transaction's SET LOCAL holds and std sends them.
 type txSender struct{ std stdSender }
 
-// setLocal returns the statement that sets search_path to schema for the
-// current transaction only.
-func setLocal(schema string) string {
-	return "SET LOCAL search_path TO " + quoteIdent(schema)
-}
-
 // useSchema does nothing: no session-level schema survives a transaction
 // behind a transaction pooler.
 func (txSender) useSchema(context.Context, *session, *placement) error { return nil }
@@ -74,7 +67,7 @@ func (tm txSender) exec(ctx context.Context, s *session, t *placement, query str
 		a = append(a, driver.NamedValue{Value: pgx.QueryExecModeSimpleProtocol})
 		args = append(a, args...)
 	}
-	return s.execInner(ctx, setLocal(t.schema)+"; "+query, args)
+	return s.execInner(ctx, t.localPath+"; "+query, args)
 }
 
 // query runs query on t's schema in a transaction of its own, which the
@@ -85,7 +78,7 @@ func (tm txSender) query(ctx context.Context, s *session, t *placement, query st
 	if s.inTx {
 		return s.queryInner(ctx, query, args)
 	}
-	if err := s.execPlain(ctx, "BEGIN; "+setLocal(t.schema)); err != nil {
+	if err := s.execPlain(ctx, "BEGIN; "+t.localPath); err != nil {
 		return nil, err
 	}
 	rows, err := s.queryInner(ctx, query, args)
@@ -110,7 +103,7 @@ func (txSender) begin(ctx context.Context, s *session, t *placement, opts driver
 	if err != nil {
 		return nil, err
 	}
-	if err := s.execPlain(ctx, begin+"; "+setLocal(t.schema)); err != nil {
+	if err := s.execPlain(ctx, begin+"; "+t.localPath); err != nil {
 		return nil, err
 	}
 	return localTx{s: s}, nil
@@ -140,7 +133,3 @@ type localTx struct{ s *session }
 
 func (t localTx) Commit() error   { return t.s.endLocal("COMMIT") }
 func (t localTx) Rollback() error { return t.s.endLocal("ROLLBACK") }
-
-// errNoSchema guards against running a statement with no schema: it must
-// never run on whatever search_path the server has.
-var errNoSchema = errors.New("statement has no schema")

@@ -83,7 +83,7 @@ func (c *cli) demoCmd(ctx context.Context, args []string) (err error) {
 	if err := ds.CheckLayout(ctx); err != nil {
 		return err
 	}
-	say("CreateShards: hstore in public, and on each of the %d shards its schema, next_id() and entities (GIN on body): %v",
+	say("CreateShards: hstore in hv_ext, and on each of the %d shards its schema, next_id() and entities (GIN on body): %v",
 		total, time.Since(start).Round(time.Millisecond))
 	fmt.Fprintf(out, "   CheckLayout: every shard's key generator uses epoch %s\n", ds.Layout().Epoch().Format(time.RFC3339Nano))
 

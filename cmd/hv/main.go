@@ -13,12 +13,19 @@
 //	key <id>                           decode a key: created time, shard, added id (no database needed)
 //	put -shard N -kind K key=value ... store an entity and print its key
 //	get <key>                          print an entity: kind, updated time, body
-//	status                             per host: shard range, reachability, pool statistics
+//	status                             per host: shard range, reachability, extensions, pool
+//	                                   statistics; shards no host owns; migration version skew
+//	migrate up|down|status [-dir DIR] [-to V] [-shards LIST] [-concurrency N]
+//	                                   versioned migrations (goose) on every shard
+//	migrate create [-dir DIR] [-seq] NAME [sql|go]
+//	                                   a new empty migration file (no database needed)
 //	demo                               the tour: with no DSN it starts two throwaway PostgreSQL
 //	                                   servers (shards 1-8 and 9-16) and removes them at the end
 //
-// The exit status is 0 on success, 1 on error and 2 on a usage error;
-// errors go to standard error and never show a password.
+// Flags may come before or after a command's other arguments. Shard ranges
+// are printed as in the DSN, half-open: 1-9 is shards 1 to 8. The exit
+// status is 0 on success, 1 on error and 2 on a usage error; errors go to
+// standard error and never show a password (hv's errors never hold one).
 package main
 
 import (
@@ -27,6 +34,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"sort"
@@ -53,8 +61,16 @@ commands:
   key <id>                            decode a key: created time, shard, added id (no database needed)
   put -shard N -kind K key=value ...  store an entity and print its key
   get <key>                           print an entity: kind, updated time and body
-  status                              per host: shard range, reachability, pool statistics
+  status                              per host: shard range, reachability, extensions, pool statistics;
+                                      unowned shards; migration version skew
+  migrate up|down|status [-dir DIR] [-to V] [-shards LIST] [-concurrency N]
+                                      versioned migrations (goose) on every shard; -dir defaults to migrations
+  migrate create [-dir DIR] [-seq] NAME [sql|go]
+                                      a new empty migration file
   demo                                the tour; with no DSN it starts two throwaway PostgreSQL servers
+
+Flags may come before or after the other arguments. Shard ranges are half-open, as in the DSN
+(1-9 is shards 1 to 8).
 `
 
 // errUsage marks errors whose exit status is 2.
@@ -64,7 +80,6 @@ var errUsage = errors.New("usage")
 type cli struct {
 	dsn            string
 	stdout, stderr io.Writer
-	secrets        []string // values to hide from error messages
 }
 
 // run runs the command line args (without the program name) and returns
@@ -102,6 +117,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = c.getCmd(ctx, rest)
 	case "status":
 		err = c.statusCmd(ctx, rest)
+	case "migrate":
+		err = c.migrateCmd(ctx, rest)
 	case "demo":
 		err = c.demoCmd(ctx, rest)
 	case "help", "-h", "--help":
@@ -114,40 +131,42 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	if errors.Is(err, errUsage) {
-		fmt.Fprintf(stderr, "hv %s: %s\n%s", cmd, c.redact(strings.TrimPrefix(err.Error(), "usage: ")), usage)
+		fmt.Fprintf(stderr, "hv %s: %s\n%s", cmd, strings.TrimPrefix(err.Error(), "usage: "), usage)
 		return 2
 	}
-	msg := strings.TrimPrefix(c.redact(err.Error()), "hv: ")
-	if ctx.Err() != nil {
-		msg = "interrupted: " + msg
-	}
-	fmt.Fprintf(stderr, "hv %s: %s\n", cmd, msg)
+	fmt.Fprintf(stderr, "hv %s: %s\n", cmd, errorText(ctx, err))
 	return 1
 }
 
-// redact removes every known secret from msg.
-func (c *cli) redact(msg string) string {
-	for _, s := range c.secrets {
-		if s != "" {
-			msg = strings.ReplaceAll(msg, s, "xxxxx")
-		}
+// errorText returns err for the command line, after "hv CMD: ": each
+// line without hv's own "hv: " prefix, which the command's name replaces,
+// further lines indented. When ctx was cancelled (Ctrl-C) it is one line:
+// every shard's "context canceled" says the same. Passwords need no
+// redaction here: hv's errors never hold one (they are redacted by
+// structure where they are made), and text replacement would garble the
+// message, and reveal the password by what it replaced.
+func errorText(ctx context.Context, err error) string {
+	lines := strings.Split(err.Error(), "\n")
+	for i, l := range lines {
+		l = strings.TrimPrefix(l, "hv: ")
+		lines[i] = strings.ReplaceAll(l, ": hv: ", ": ")
 	}
-	return msg
+	if ctx.Err() != nil {
+		msg := "interrupted: " + lines[0]
+		if len(lines) > 1 {
+			msg += fmt.Sprintf(" (and %d more errors)", len(lines)-1)
+		}
+		return msg
+	}
+	return strings.Join(lines, "\n  ")
 }
 
-// config parses the DSN (which must be set) and remembers its passwords.
+// config parses the DSN, which must be set.
 func (c *cli) config() (*hv.Config, error) {
 	if c.dsn == "" {
 		return nil, fmt.Errorf("%w: no DSN: pass -dsn or set HV_DSN", errUsage)
 	}
-	cfg, err := hv.ParseConfig(c.dsn)
-	if err != nil {
-		return nil, err
-	}
-	for _, h := range cfg.Hosts {
-		c.secrets = append(c.secrets, h.Params["password"], h.Params["sslpassword"])
-	}
-	return cfg, nil
+	return hv.ParseConfig(c.dsn)
 }
 
 // open opens a Datastore on the DSN.
@@ -167,13 +186,44 @@ func (c *cli) open() (*hv.Datastore, error) {
 func noArgs(name string, args []string) error {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return err
 	}
-	if fs.NArg() > 0 {
+	if len(pos) > 0 {
 		return fmt.Errorf("%w: %s takes no arguments", errUsage, name)
 	}
 	return nil
+}
+
+// parseArgs parses fs's flags anywhere among args (hv put a=b -shard 5),
+// not only before the first other argument as flag.Parse does, and
+// returns the other arguments in order. A negative number (hv key -5) is
+// an argument, not a flag; after "--" everything is.
+func parseArgs(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for len(args) > 0 {
+		if a := args[0]; a == "--" {
+			return append(pos, args[1:]...), nil
+		} else if len(a) > 1 && a[0] == '-' && strings.Trim(a[1:], "0123456789") == "" {
+			pos = append(pos, a)
+			args = args[1:]
+			continue
+		}
+		if err := fs.Parse(args); err != nil {
+			return nil, fmt.Errorf("%w: %v", errUsage, err)
+		}
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if consumed := len(args) - len(rest); consumed > 0 && args[consumed-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
+	}
+	return pos, nil
 }
 
 func (c *cli) initCmd(ctx context.Context, args []string) error {
@@ -185,18 +235,11 @@ func (c *cli) initCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	defer ds.Close()
-	var progress func(done, total, shard int, err error)
-	if isTerminal(c.stdout) {
-		progress = func(done, total, _ int, _ error) {
-			const width = 30
-			bar := strings.Repeat("#", done*width/total) + strings.Repeat(".", width-done*width/total)
-			fmt.Fprintf(c.stdout, "\rcreating shards [%s] %d/%d", bar, done, total)
-			if done == total {
-				fmt.Fprintln(c.stdout)
-			}
-		}
+	cfg := ds.Connector().Config()
+	if hint := cfg.UnownedHint(); hint != "" {
+		fmt.Fprintf(c.stderr, "hv init: warning: %s\n", hint)
 	}
-	if err := ds.CreateShardsProgress(ctx, progress); err != nil {
+	if err := ds.CreateShardsProgress(ctx, c.progressBar("creating shards")); err != nil {
 		return err
 	}
 	if err := ds.CheckLayout(ctx); err != nil {
@@ -207,8 +250,28 @@ func (c *cli) initCmd(ctx context.Context, args []string) error {
 		fmt.Fprintf(c.stdout, "host %s: shards %s ready\n", h.Host, shardSpan(h.Shards))
 		n += h.Shards.Len()
 	}
-	fmt.Fprintf(c.stdout, "%d shards ready; key epoch %s\n", n, ds.Layout().Epoch().Format(time.RFC3339Nano))
+	ext := cfg.ExtSchema()
+	if ext == "" {
+		ext = "public (ext_schema=none)"
+	}
+	fmt.Fprintf(c.stdout, "%d shards ready; key epoch %s; extensions in %s\n", n, ds.Layout().Epoch().Format(time.RFC3339Nano), ext)
 	return nil
+}
+
+// progressBar returns a progress callback that draws a bar labelled label
+// when standard output is a terminal, else nil.
+func (c *cli) progressBar(label string) func(done, total, shard int, err error) {
+	if !isTerminal(c.stdout) {
+		return nil
+	}
+	return func(done, total, _ int, _ error) {
+		const width = 30
+		bar := strings.Repeat("#", done*width/total) + strings.Repeat(".", width-done*width/total)
+		fmt.Fprintf(c.stdout, "\r%s [%s] %d/%d", label, bar, done, total)
+		if done == total {
+			fmt.Fprintln(c.stdout)
+		}
+	}
 }
 
 // isTerminal reports whether w is a terminal (a character device), where
@@ -226,13 +289,14 @@ func isTerminal(w io.Writer) bool {
 func oneArg(name, what string, args []string) (string, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
-	if err := fs.Parse(args); err != nil {
-		return "", fmt.Errorf("%w: %v", errUsage, err)
+	pos, err := parseArgs(fs, args)
+	if err != nil {
+		return "", err
 	}
-	if fs.NArg() != 1 {
+	if len(pos) != 1 {
 		return "", fmt.Errorf("%w: %s takes one argument, %s", errUsage, name, what)
 	}
-	return fs.Arg(0), nil
+	return pos[0], nil
 }
 
 func (c *cli) keyCmd(args []string) error {
@@ -269,15 +333,19 @@ func (c *cli) putCmd(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("put", flag.ContinueOnError)
 	fs.SetOutput(io.Discard)
 	shard := fs.Int("shard", -1, "logical shard")
-	kind := fs.Int("kind", 0, "entity kind (smallint)")
-	if err := fs.Parse(args); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+	kind := fs.Int("kind", math.MinInt, "entity kind (smallint)")
+	pairs, err := parseArgs(fs, args)
+	if err != nil {
+		return err
 	}
 	if *shard < 0 {
 		return fmt.Errorf("%w: put needs -shard N", errUsage)
 	}
+	if *kind == math.MinInt {
+		return fmt.Errorf("%w: put needs -kind K, the entity's kind (a number of your application's, -32768..32767)", errUsage)
+	}
 	data := map[string]string{}
-	for _, kv := range fs.Args() {
+	for _, kv := range pairs {
 		k, v, ok := strings.Cut(kv, "=")
 		if !ok || k == "" {
 			return fmt.Errorf("%w: put: %q is not key=value", errUsage, kv)
@@ -294,7 +362,7 @@ func (c *cli) putCmd(ctx context.Context, args []string) error {
 	defer ds.Close()
 	k, err := ds.Put(ctx, *shard, *kind, data)
 	if err != nil {
-		return err
+		return hintInit(err)
 	}
 	fmt.Fprintln(c.stdout, k)
 	return nil
@@ -316,7 +384,7 @@ func (c *cli) getCmd(ctx context.Context, args []string) error {
 	defer ds.Close()
 	e, err := ds.Get(ctx, k)
 	if err != nil {
-		return err
+		return hintInit(err)
 	}
 	fmt.Fprintf(c.stdout, "key       %s\n", e.Key)
 	fmt.Fprintf(c.stdout, "shard     %d\n", e.Key.ShardID())
@@ -324,6 +392,16 @@ func (c *cli) getCmd(ctx context.Context, args []string) error {
 	fmt.Fprintf(c.stdout, "updated   %s\n", formatTime(e.Updated))
 	fmt.Fprintf(c.stdout, "body      %s\n", hstoreText(e.Data))
 	return nil
+}
+
+// hintInit adds a hint to run hv init to an error saying the entities
+// table (or the hstore type) does not exist.
+func hintInit(err error) error {
+	var se interface{ SQLState() string }
+	if errors.As(err, &se) && (se.SQLState() == "42P01" || se.SQLState() == "42704") {
+		return fmt.Errorf("%w (the shard is not set up for entities: run hv init first)", err)
+	}
+	return err
 }
 
 func formatTime(t time.Time) string {
@@ -370,9 +448,21 @@ func (c *cli) statusCmd(ctx context.Context, args []string) error {
 		fmt.Fprintf(c.stdout, "host %s  shards %s (%d)  %s\n", h.Host, shardSpan(h.Shards), h.Shards.Len(), state)
 	}
 	fmt.Fprintf(c.stdout, "driver %s, schema pattern %s, key epoch %s\n", cfg.Driver, cfg.SchemaPattern, ds.Layout().Epoch().Format(time.RFC3339Nano))
+	var problems []string
+	if hint := cfg.UnownedHint(); hint != "" {
+		fmt.Fprintf(c.stdout, "warning: %s\n", hint)
+		problems = append(problems, "shards unowned")
+	}
+	if down == 0 {
+		problems = append(problems, c.statusExtensions(ctx, ds)...)
+		problems = append(problems, c.statusMigrations(ctx, ds)...)
+	}
 	printStats(c.stdout, ds.Connector().Stats(), "")
 	if down > 0 {
 		return fmt.Errorf("%d of %d hosts are down", down, len(cfg.Hosts))
+	}
+	if len(problems) > 0 {
+		return errors.New(strings.Join(problems, "; "))
 	}
 	return nil
 }
@@ -386,13 +476,9 @@ func printStats(w io.Writer, stats []hv.HostStats, indent string) {
 	}
 }
 
-// shardSpan returns a shard range for people: "1-8" for the half-open [1, 9).
-func shardSpan(r hv.ShardRange) string {
-	if r.Len() == 1 {
-		return fmt.Sprint(r.Start)
-	}
-	return fmt.Sprintf("%d-%d", r.Start, r.End-1)
-}
+// shardSpan returns a shard range as the DSN writes it, half-open: "1-9"
+// for shards 1 to 8.
+func shardSpan(r hv.ShardRange) string { return r.String() }
 
 // sortedShards returns the keys of m in order.
 func sortedShards(m map[int]int) []int {

@@ -104,7 +104,7 @@ func TestErrorsHidePassword(t *testing.T) {
 		{[]string{"-dsn", "shards=1-9 host=h password=sekrit99; bogus=1", "status"}, "invalid configuration"},
 		{[]string{"-dsn", "shards=1-9 host=h password='sekrit99'; shards=5-10 host=g password=sekrit99", "init"}, "overlaps"},
 		{[]string{"-dsn", "shards=1-17 host=127.0.0.1 port=1 password=sekrit99 dbname=d", "get", "3490266505881333761"}, "127.0.0.1:1/d"},
-		{[]string{"-dsn", "shards=1-9 host=127.0.0.1 port=1 password=sekrit99 dbname=d; driver=postgres", "put", "-shard", "3", "a=b"}, "shard 3"},
+		{[]string{"-dsn", "shards=1-9 host=127.0.0.1 port=1 password=sekrit99 dbname=d; driver=postgres", "put", "-shard", "3", "-kind", "1", "a=b"}, "shard 3"},
 	} {
 		code, out, errOut := runCLI(t, tc.args...)
 		if code != 1 || !strings.Contains(errOut, tc.want) {
@@ -134,7 +134,8 @@ func TestInitPutGetStatus(t *testing.T) {
 			t.Fatalf("init: exit %d\n%s%s", code, out, errOut)
 		}
 	}
-	code, out, errOut := runCLI(t, "put", "-shard", "12", "-kind", "3", "beep=boop", "eq=a=b", `q="x"`, "empty=")
+	// Flags may follow the pairs.
+	code, out, errOut := runCLI(t, "put", "beep=boop", "-shard", "12", "eq=a=b", `q="x"`, "empty=", "-kind", "3")
 	if code != 0 {
 		t.Fatalf("put: exit %d: %s", code, errOut)
 	}
@@ -157,12 +158,12 @@ func TestInitPutGetStatus(t *testing.T) {
 	if code, _, errOut := runCLI(t, "get", missing.String()); code != 1 || !strings.Contains(errOut, "no rows") || !strings.Contains(errOut, missing.String()) {
 		t.Errorf("get missing: exit %d, %q", code, errOut)
 	}
-	if code, _, errOut := runCLI(t, "put", "-shard", "40", "a=b"); code != 1 || !strings.Contains(errOut, "shard 40") {
+	if code, _, errOut := runCLI(t, "put", "-shard", "40", "-kind", "1", "a=b"); code != 1 || !strings.Contains(errOut, "shard 40") {
 		t.Errorf("put on an unowned shard: exit %d, %q", code, errOut)
 	}
 
 	code, out, errOut = runCLI(t, "status")
-	if code != 0 || strings.Count(out, "  up, ping ") != 2 || !strings.Contains(out, "shards 1-8 (8)") || !strings.Contains(out, "shards 9-16 (8)") {
+	if code != 0 || strings.Count(out, "  up, ping ") != 2 || !strings.Contains(out, "shards 1-9 (8)") || !strings.Contains(out, "shards 9-17 (8)") {
 		t.Errorf("status: exit %d\n%s%s", code, out, errOut)
 	}
 }
