@@ -11,12 +11,12 @@ import (
 	"math"
 	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/lib/pq"
 )
@@ -154,7 +154,9 @@ func (c *Connector) newFleet(cfg *Config, keep map[string]*hostPool) (*fleet, er
 	for i := range cfg.Hosts {
 		hc := &cfg.Hosts[i]
 		connString := innerConnString(cfg, hc)
-		key := cfg.Driver + "\x00" + string(cfg.PoolMode) + "\x00" + connString
+		// Sessions remember their schema by name: another extension
+		// schema on the path needs other sessions.
+		key := cfg.Driver + "\x00" + string(cfg.PoolMode) + "\x00" + cfg.ExtSchema() + "\x00" + connString
 		set := poolSettings{poolMax: cfg.poolMaxOf(hc), shardMax: cfg.ShardMax,
 			blockTimeout: cfg.PoolBlockTimeout, logger: cfg.Logger}
 		h, ok := keep[key]
@@ -198,7 +200,7 @@ func (c *Config) poolMaxOf(hc *HostConfig) int {
 
 // innerConnString returns the connection string hv gives the inner driver
 // for host hc, with hv's defaults filled in. Reconfigure keeps a host's
-// pool when it, the driver and the pool mode stay the same.
+// pool when it, the driver, the pool mode and the extension schema stay the same.
 func innerConnString(cfg *Config, hc *HostConfig) string {
 	params := make(map[string]string, len(hc.Params)+2)
 	for k, v := range hc.Params {
@@ -224,7 +226,7 @@ func innerConnString(cfg *Config, hc *HostConfig) string {
 func (c *Connector) openHost(cfg *Config, hc *HostConfig, connString string, set poolSettings) (*hostPool, error) {
 	ic, err := c.innerConnector(cfg.Driver, connString)
 	if err != nil {
-		return nil, fmt.Errorf("%w: host %s (shards %s): %s", ErrBadConfig, hc.Name(), hc.Shards, redactErr(err, hc))
+		return nil, fmt.Errorf("%w: host %s (shards %s): %s", ErrBadConfig, hc.Name(), hc.Shards, innerConfigErr(err))
 	}
 	sc := sessionConnector{inner: ic, txMode: cfg.PoolMode == PoolModeTransaction}
 	h := newHostPool(hc.Name(), sql.OpenDB(&sc), set)
@@ -250,15 +252,19 @@ func (c *Connector) innerConnector(driverName, connString string) (driver.Connec
 	return nil, fmt.Errorf("unknown driver %q (want pgx or postgres)", driverName)
 }
 
-// redactErr returns err's text with the host's password removed.
-func redactErr(err error, hc *HostConfig) string {
-	msg := err.Error()
-	for k := range secretParams {
-		if pw := hc.Params[k]; pw != "" {
-			msg = strings.ReplaceAll(msg, pw, redactedSecret)
-		}
+// innerConfigErr returns the reason the inner driver refused a host's
+// connection parameters without the connection string, which can hold a
+// password: pgx's ParseConfigError quotes the string (redacted as best it
+// can), so only its cause is kept; hv names the host itself.
+func innerConfigErr(err error) string {
+	var pe *pgconn.ParseConfigError
+	if !errors.As(err, &pe) {
+		return err.Error()
 	}
-	return msg
+	if cause := pe.Unwrap(); cause != nil {
+		return "invalid connection parameters: " + cause.Error()
+	}
+	return "invalid connection parameters"
 }
 
 func (f *fleet) close() {
