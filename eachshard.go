@@ -82,92 +82,20 @@ func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn EachShardFunc, 
 		res.err = errors.New("hv: EachShard needs a *sql.DB, its *Connector and an EachShardFunc")
 		return res
 	}
-	hosts := c.fleet.Load().hosts
-
-	// The work, grouped by host in configuration order.
-	work := make([][]int, len(hosts))
-	var unowned []int
-	seen := map[int]bool{}
-	add := func(s int) {
-		if seen[s] {
-			return
-		}
-		seen[s] = true
-		for i, h := range hosts {
-			if h.shards.Contains(s) {
-				work[i] = append(work[i], s)
-				return
+	res.Total = c.RunShards(ctx, opts.Shards, opts.Concurrency,
+		func(ctx context.Context, shard int, _ string) error {
+			return runShardTx(ctx, db, shard, fn, opts.TxOptions)
+		},
+		func(done, total, shard int, _ string, err error) {
+			if err != nil {
+				res.Failed[shard] = err
+			} else {
+				res.Committed = append(res.Committed, shard)
 			}
-		}
-		unowned = append(unowned, s)
-	}
-	if opts.Shards == nil {
-		for _, h := range hosts {
-			for s := h.shards.Start; s < h.shards.End; s++ {
-				add(s)
-			}
-		}
-	} else {
-		for _, s := range opts.Shards {
-			add(s)
-		}
-	}
-	res.Total = len(seen)
-
-	var mu sync.Mutex
-	done := 0
-	finish := func(shard int, host string, err error) {
-		mu.Lock()
-		defer mu.Unlock()
-		if err != nil {
-			err = shardErr(shard, host, err)
-			res.Failed[shard] = err
-		} else {
-			res.Committed = append(res.Committed, shard)
-		}
-		done++
-		if opts.Progress != nil {
-			opts.Progress(done, res.Total, shard, err)
-		}
-	}
-	for _, s := range unowned {
-		finish(s, "", ErrUnknownShard)
-	}
-
-	var wg sync.WaitGroup
-	for i, shards := range work {
-		if len(shards) == 0 {
-			continue
-		}
-		h := hosts[i].pool
-		n := h.poolMax()
-		if opts.Concurrency > 0 && opts.Concurrency < n {
-			n = opts.Concurrency
-		}
-		n = min(n, len(shards))
-		next := make(chan int)
-		for range n {
-			wg.Go(func() {
-				for s := range next {
-					finish(s, h.name, runShardTx(ctx, db, s, fn, opts.TxOptions))
-				}
-			})
-		}
-		wg.Go(func() {
-			defer close(next)
-			for k, s := range shards {
-				select {
-				case next <- s:
-				case <-ctx.Done():
-					for _, s := range shards[k:] {
-						finish(s, h.name, note(context.Cause(ctx), "not run"))
-					}
-					return
-				}
+			if opts.Progress != nil {
+				opts.Progress(done, total, shard, err)
 			}
 		})
-	}
-	wg.Wait()
 	slices.Sort(res.Committed)
 	return res
 }
@@ -193,4 +121,93 @@ func runShardTx(ctx context.Context, db *sql.DB, shard int, fn EachShardFunc, tx
 		return note(err, "commit")
 	}
 	return nil
+}
+
+// RunShards runs run for each of shards (nil: every shard the fleet owns;
+// duplicates are ignored), hosts concurrently and within a host at most its
+// pool_max shards at a time (fewer with concurrency > 0), and returns how
+// many shards there were. run gets the shard and the name of its host. A
+// shard no host owns is not run, and one not started when ctx ends is not
+// run either; both are finished with their error. finish is called once per
+// shard, never twice at once, with how many are done, the total, the shard,
+// its host ("" for none) and run's error as a *ShardError (nil on
+// success). It is the scheduler under EachShard and hv's migrations.
+func (c *Connector) RunShards(ctx context.Context, shards []int, concurrency int,
+	run func(ctx context.Context, shard int, host string) error,
+	finish func(done, total, shard int, host string, err error)) int {
+	hosts := c.fleet.Load().hosts
+	work := make([][]int, len(hosts)) // by host, in configuration order
+	var unowned []int
+	seen := map[int]bool{}
+	add := func(s int) {
+		if seen[s] {
+			return
+		}
+		seen[s] = true
+		for i, h := range hosts {
+			if h.shards.Contains(s) {
+				work[i] = append(work[i], s)
+				return
+			}
+		}
+		unowned = append(unowned, s)
+	}
+	if shards == nil {
+		for _, h := range hosts {
+			for s := h.shards.Start; s < h.shards.End; s++ {
+				add(s)
+			}
+		}
+	} else {
+		for _, s := range shards {
+			add(s)
+		}
+	}
+	total := len(seen)
+
+	var mu sync.Mutex
+	done := 0
+	end := func(shard int, host string, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		done++
+		finish(done, total, shard, host, shardErr(shard, host, err))
+	}
+	for _, s := range unowned {
+		end(s, "", ErrUnknownShard)
+	}
+	var wg sync.WaitGroup
+	for i, shards := range work {
+		if len(shards) == 0 {
+			continue
+		}
+		h := hosts[i].pool
+		n := h.poolMax()
+		if concurrency > 0 && concurrency < n {
+			n = concurrency
+		}
+		next := make(chan int)
+		for range min(n, len(shards)) {
+			wg.Go(func() {
+				for s := range next {
+					end(s, h.name, run(ctx, s, h.name))
+				}
+			})
+		}
+		wg.Go(func() {
+			defer close(next)
+			for k, s := range shards {
+				select {
+				case next <- s:
+				case <-ctx.Done():
+					for _, s := range shards[k:] {
+						end(s, h.name, note(context.Cause(ctx), "not run"))
+					}
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	return total
 }

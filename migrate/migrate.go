@@ -303,99 +303,36 @@ func run(ctx context.Context, c *hv.Connector, opts *Options, work shardWork) *R
 		res.Shards = []ShardResult{{Shard: -1, Version: -1, Err: errors.New("hv: migrate: nil *hv.Connector")}}
 		return res
 	}
-	hosts := c.Stats()
-	byHost := make([][]int, len(hosts))
-	var unowned []int
-	seen := map[int]bool{}
-	add := func(s int) {
-		if seen[s] {
-			return
-		}
-		seen[s] = true
-		for i, h := range hosts {
-			if h.Shards.Contains(s) {
-				byHost[i] = append(byHost[i], s)
-				return
-			}
-		}
-		unowned = append(unowned, s)
-	}
-	if o.Shards == nil {
-		for _, h := range hosts {
-			for s := h.Shards.Start; s < h.Shards.End; s++ {
-				add(s)
-			}
-		}
-	} else {
-		for _, s := range o.Shards {
-			add(s)
-		}
-	}
-	total := len(seen)
-
 	var mu sync.Mutex
-	done := 0
-	finish := func(r ShardResult) {
-		mu.Lock()
-		defer mu.Unlock()
-		if r.Err != nil {
-			r.Err = &hv.ShardError{Shard: r.Shard, Host: r.Host, Err: r.Err}
-		}
-		res.Shards = append(res.Shards, r)
-		done++
-		if o.Progress != nil {
-			o.Progress(done, total, r.Shard, r.Err)
-		}
-	}
-	for _, s := range unowned {
-		finish(ShardResult{Shard: s, Version: -1, Err: fmt.Errorf("%w: shard %d", hv.ErrUnknownShard, s)})
-	}
-
-	var wg sync.WaitGroup
-	for i, shards := range byHost {
-		if len(shards) == 0 {
-			continue
-		}
-		h := hosts[i]
-		n := h.PoolMax
-		if o.Concurrency > 0 && o.Concurrency < n {
-			n = o.Concurrency
-		}
-		n = min(n, len(shards))
-		next := make(chan int)
-		var inFlight, most int
-		for range n {
-			wg.Go(func() {
-				for s := range next {
-					mu.Lock()
-					inFlight++
-					most = max(most, inFlight)
-					res.MaxConcurrent[h.Host] = most
-					mu.Unlock()
-					r := ShardResult{Shard: s, Host: h.Host}
-					r.Err = runShard(ctx, c, s, &o, &r, work)
-					mu.Lock()
-					inFlight--
-					mu.Unlock()
-					finish(r)
-				}
-			})
-		}
-		wg.Go(func() {
-			defer close(next)
-			for k, s := range shards {
-				select {
-				case next <- s:
-				case <-ctx.Done():
-					for _, s := range shards[k:] {
-						finish(ShardResult{Shard: s, Host: h.Host, Version: -1, Err: fmt.Errorf("not run: %w", context.Cause(ctx))})
-					}
-					return
-				}
+	inFlight := map[string]int{}
+	results := map[int]*ShardResult{}
+	c.RunShards(ctx, o.Shards, o.Concurrency,
+		func(ctx context.Context, shard int, host string) error {
+			mu.Lock()
+			inFlight[host]++
+			res.MaxConcurrent[host] = max(res.MaxConcurrent[host], inFlight[host])
+			r := &ShardResult{Shard: shard, Host: host}
+			results[shard] = r
+			mu.Unlock()
+			err := runShard(ctx, c, shard, &o, r, work)
+			mu.Lock()
+			inFlight[host]--
+			mu.Unlock()
+			return err
+		},
+		func(done, total, shard int, host string, err error) {
+			mu.Lock()
+			r := results[shard]
+			mu.Unlock()
+			if r == nil { // not run: unowned, or ctx ended first
+				r = &ShardResult{Shard: shard, Host: host, Version: -1}
+			}
+			r.Err = err
+			res.Shards = append(res.Shards, *r)
+			if o.Progress != nil {
+				o.Progress(done, total, shard, err)
 			}
 		})
-	}
-	wg.Wait()
 	sort.Slice(res.Shards, func(a, b int) bool { return res.Shards[a].Shard < res.Shards[b].Shard })
 	res.Elapsed = time.Since(start)
 	return res
