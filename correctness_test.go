@@ -399,3 +399,54 @@ func TestErrorsHaveOnePrefix(t *testing.T) {
 		}
 	}
 }
+
+// With partial results, a shard whose columns do not match is recorded and
+// its query cancelled: the fan-out does not wait for the rest of its rows.
+func TestFanOutPartialStopsTheOddShard(t *testing.T) {
+	f := newTestFleet(t, fleetOptions{perHost: 2}) // shards 1-2 and 3-4
+	ctx := context.Background()
+	for i, shards := range [][]int{{1, 2}, {3, 4}} {
+		var ddl strings.Builder
+		for _, s := range shards {
+			if s == 3 {
+				// After 2 s (the others have answered), more rows than the
+				// server buffers before it sends, then a 60 s sleep.
+				fmt.Fprintf(&ddl, `CREATE VIEW shard%04d.v AS
+					SELECT g AS id, 'x' AS note, 1 AS extra FROM (SELECT pg_sleep(2)) s, generate_series(1, 20000) g
+					UNION ALL SELECT NULL::int, NULL::text, 2 FROM pg_sleep(60);`, s)
+			} else {
+				fmt.Fprintf(&ddl, "CREATE VIEW shard%04d.v AS SELECT id, note FROM shard%04[1]d.t;", s)
+			}
+		}
+		if err := execOn(ctx, f.hosts[i], ddl.String()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	db := f.open(t)
+	var report FanOutReport
+	start := time.Now()
+	rows, err := db.QueryContext(WithPartialResults(WithAllShards(ctx), &report), "SELECT * FROM v")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for rows.Next() {
+		n++
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	rows.Close()
+	took := time.Since(start)
+	if took > 30*time.Second { // shard 3 sleeps 60 s: a liveness bound, not a speed one
+		t.Fatalf("the fan-out waited %v for the shard whose columns differ", took)
+	}
+	if failed := report.Failed(); len(failed) != 1 || !errors.Is(failed[3], ErrColumnMismatch) {
+		t.Fatalf("report: %v, want shard 3's column mismatch", report.Err())
+	}
+	if n != 3 {
+		t.Errorf("%d rows, want the seed rows of shards 1, 2 and 4", n)
+	}
+	assertIdle(t, db)
+	t.Logf("%d rows, %d shards failed, %v", n, len(report.Failed()), took.Round(time.Millisecond))
+}

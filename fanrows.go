@@ -79,10 +79,11 @@ func headerOf(r driver.Rows) *shardHeader {
 
 // fanRows is the driver.Rows of a fan-out query.
 type fanRows struct {
-	plan   *fanOut
-	ctx    context.Context // the workers': cancelled by stop
-	cancel context.CancelCauseFunc
-	wg     sync.WaitGroup
+	plan      *fanOut
+	ctx       context.Context // the workers': cancelled when the rows end
+	cancel    context.CancelCauseFunc
+	stopShard []context.CancelCauseFunc // one worker's, for a shard that failed
+	wg        sync.WaitGroup
 
 	header      *shardHeader
 	headerShard int // index of the shard whose header is the result's
@@ -129,7 +130,8 @@ func (c *conn) fanOutQuery(ctx context.Context, route shardRoute, query string, 
 		return nil, err
 	}
 	wctx, cancel := context.WithCancelCause(ctx)
-	r := &fanRows{plan: p, ctx: wctx, cancel: cancel, headerShard: -1}
+	r := &fanRows{plan: p, ctx: wctx, cancel: cancel, headerShard: -1,
+		stopShard: make([]context.CancelCauseFunc, len(p.places))}
 	if len(p.opts.order) > 0 {
 		r.streams = make([]*shardStream, len(p.places))
 		for i, pl := range p.places {
@@ -158,10 +160,12 @@ func (c *conn) fanOutQuery(ctx context.Context, route shardRoute, query string, 
 
 // start runs the query of the plan's shard i in a worker that sends to out.
 func (r *fanRows) start(i int, query string, args []driver.NamedValue, out chan<- shardMsg, buffer bool) {
-	ctx := r.ctx
+	ctx, cancel := context.WithCancelCause(r.ctx)
+	r.stopShard[i] = cancel
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
+		defer cancel(nil)
 		var held []shardMsg
 		send := func(m shardMsg) bool {
 			if buffer {
@@ -348,6 +352,7 @@ func (r *fanRows) recvMerged() (m shardMsg, ok bool, err error) {
 			}
 			rep.record(r.plan.places[m.shard].shard, err)
 			r.failed[m.shard] = true
+			r.stopShard[m.shard](errRowsClosed) // its rows are not wanted
 			continue
 		}
 		if !m.done {
@@ -363,6 +368,7 @@ func (r *fanRows) shardFailed(st *shardStream, err error) error {
 	st.row, st.batch = nil, nil
 	if rep := r.plan.opts.report; rep != nil {
 		rep.record(r.plan.places[st.index].shard, err)
+		r.stopShard[st.index](errRowsClosed) // its rows are not wanted
 		r.drain(st)
 		return nil
 	}
