@@ -31,6 +31,7 @@ type fanOutOptions struct {
 	limit   int
 	report  *FanOutReport
 	perHost int
+	aggs    []Aggregate // WithAggregate: merge the rows (aggregate.go)
 }
 
 func fanOutOptionsFrom(ctx context.Context) fanOutOptions {
@@ -118,6 +119,7 @@ type fanOut struct {
 	slots         map[*hostPool]chan struct{}
 	perHostShards map[*hostPool]int
 	opts          fanOutOptions
+	keyArgs       []any // WithKeys: per place, its shard's keys, bound as $1 (argsFor)
 }
 
 // planFanOut places the shards of route on the current fleet.
@@ -136,7 +138,14 @@ func (c *conn) planFanOut(ctx context.Context, route shardRoute) (*fanOut, error
 		opts:          fanOutOptionsFrom(ctx),
 	}
 	shards := f.owned()
-	if !route.all {
+	var keyArgs map[int]any
+	switch {
+	case route.byKeys:
+		var err error
+		if shards, keyArgs, err = c.connector.keysByShard(f, route.keys, p.opts.report); err != nil {
+			return nil, err
+		}
+	case !route.all:
 		shards = slices.Clone(route.shards)
 		slices.Sort(shards)
 		shards = slices.Compact(shards)
@@ -154,6 +163,9 @@ func (c *conn) planFanOut(ctx context.Context, route shardRoute) (*fanOut, error
 			continue
 		}
 		p.places = append(p.places, pl)
+		if keyArgs != nil {
+			p.keyArgs = append(p.keyArgs, keyArgs[s])
+		}
 		p.perHostShards[pl.host]++
 	}
 	if len(p.places) == 0 {
@@ -217,11 +229,11 @@ func (c *conn) fanOutExec(ctx context.Context, route shardRoute, query string, a
 		failed = map[int]error{}
 		wg     sync.WaitGroup
 	)
-	for _, pl := range p.places {
+	for i, pl := range p.places {
 		wg.Go(func() {
 			var n int64
 			err := p.onShard(ctx, pl, func(s *session, pl *placement) error {
-				res, err := s.exec(ctx, pl, query, args)
+				res, err := s.exec(ctx, pl, query, p.argsFor(i, args))
 				if err == nil {
 					n, err = res.RowsAffected()
 				}

@@ -125,6 +125,9 @@ type shardStream struct {
 // fanOutQuery starts the plan's shard queries and returns once the result's
 // columns are known.
 func (c *conn) fanOutQuery(ctx context.Context, route shardRoute, query string, args []driver.NamedValue) (driver.Rows, error) {
+	if len(fanOutOptionsFrom(ctx).aggs) > 0 {
+		return c.aggregateQuery(ctx, route, query, args)
+	}
 	p, err := c.planFanOut(ctx, route)
 	if err != nil {
 		return nil, err
@@ -180,7 +183,7 @@ func (r *fanRows) start(i int, query string, args []driver.NamedValue, out chan<
 			}
 		}
 		err := r.plan.onShard(ctx, r.plan.places[i], func(s *session, pl *placement) error {
-			return readShard(ctx, s, pl, i, query, args, send)
+			return readShard(ctx, s, pl, i, query, r.plan.argsFor(i, args), send)
 		})
 		buffer = false
 		for _, m := range held {

@@ -19,6 +19,8 @@ type shardRoute struct {
 	shards []int
 	byKey  bool // route by key, mapped by the connector (WithShardKey)
 	key    any
+	byKeys bool  // fan out to the shards of keys (WithKeys), grouped
+	keys   []any // WithKeys' keys
 }
 
 // WithShard returns a copy of ctx that routes statements to logical shard n.

@@ -229,6 +229,11 @@ func testBun(t *testing.T, f *fleet, db *bun.DB, connector *hv.Connector) {
 	if len(counts) != len(shards) || total != 4 {
 		t.Fatalf("per-shard counts %v (sum %d), want %d shards summing to 4", counts, total, len(shards))
 	}
+	// The merged form: hv adds the shards' counts into one row.
+	merged := hv.WithAggregate(hv.WithAllShards(ctx), hv.Count("count"))
+	if n, err := db.NewSelect().Model((*User)(nil)).Count(merged); err != nil || n != 4 {
+		t.Fatalf("merged Count: %d, %v; want 4", n, err)
+	}
 
 	// Fan-out delete: bun runs it without a transaction, so it just works.
 	res, err := db.NewDelete().Model((*User)(nil)).Where("email IN (?)", bun.In([]string{a.Email, "t3@example.com"})).Exec(hv.WithAllShards(ctx))

@@ -284,6 +284,12 @@ func testGORM(t *testing.T, f *fleet, db *gorm.DB, connector *hv.Connector) {
 	if len(counts) != len(shards) || total != 4 {
 		t.Fatalf("per-shard counts %v (sum %d), want %d shards summing to 4", counts, total, len(shards))
 	}
+	// The merged form: hv adds the shards' counts into one row.
+	merged := hv.WithAggregate(hv.WithAllShards(ctx), hv.Count("count"))
+	var n int64
+	if err := db.WithContext(merged).Model(&UserV2{}).Count(&n).Error; err != nil || n != 4 {
+		t.Fatalf("merged Count: %d, %v; want 4", n, err)
+	}
 
 	// Fan-out writes need GORM's default transaction off: a transaction
 	// lives on one shard.

@@ -1,0 +1,462 @@
+package hv
+
+// Merged aggregates (WithAggregate): a layer over the fan-out rows. The
+// inner fan-out runs without the merge order and limit; every shard row is
+// folded into a map keyed by the group columns' values, and the groups are
+// emitted sorted, then cut by the limit. The result needs every shard's
+// rows before its first row, so it is read whole when the query starts:
+// memory grows with the number of groups, not with the shards' rows.
+
+import (
+	"context"
+	"database/sql/driver"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/big"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ErrAggregate is wrapped by the error of a WithAggregate query whose
+// result cannot be merged: a column no Aggregate names, an Aggregate naming
+// a column the result does not have, or a value the merge cannot combine
+// (a sum of text, say).
+var ErrAggregate error = &sentinel{"cannot merge the fan-out's aggregates"}
+
+type aggKind int
+
+const (
+	aggGroup aggKind = iota
+	aggSum
+	aggCount
+	aggMin
+	aggMax
+)
+
+func (k aggKind) String() string {
+	return [...]string{"GroupBy", "Sum", "Count", "Min", "Max"}[k]
+}
+
+// Aggregate says how WithAggregate combines one result column across
+// shards. Make one with Sum, Count, Min, Max or GroupBy.
+type Aggregate struct {
+	kind   aggKind
+	column string
+}
+
+// Sum adds column's values across shards: integers exactly (an int64 sum
+// that overflows comes back as a decimal string, as PostgreSQL's numeric
+// does), numeric (a decimal string) exactly, floats as float64. NULLs are
+// skipped; a sum of only NULLs is NULL.
+func Sum(column string) Aggregate { return Aggregate{aggSum, column} }
+
+// Count adds the shards' counts in column (an integer; NULL counts as 0).
+// With no rows at all the count is 0.
+func Count(column string) Aggregate { return Aggregate{aggCount, column} }
+
+// Min keeps the least non-NULL value of column across shards, ordered as
+// WithMergeOrder orders (text byte-wise: write min(x COLLATE "C") in the
+// SQL for the same answer as one server).
+func Min(column string) Aggregate { return Aggregate{aggMin, column} }
+
+// Max keeps the greatest non-NULL value of column across shards, ordered
+// as Min.
+func Max(column string) Aggregate { return Aggregate{aggMax, column} }
+
+// GroupBy names a column of the SQL's GROUP BY: the shards' rows with equal
+// values in every GroupBy column merge into one row.
+func GroupBy(column string) Aggregate { return Aggregate{aggGroup, column} }
+
+// WithAggregate returns a copy of a fan-out context (WithShards,
+// WithAllShards, WithKeys) under which a query's per-shard aggregate rows
+// are merged into one row per group (one row when no column is a
+// GroupBy): write the aggregate in the SQL as for one server, and name
+// every result column here with how to combine it.
+//
+//	ctx = hv.WithAggregate(hv.WithAllShards(ctx), hv.GroupBy("kind"), hv.Count("n"), hv.Sum("total"))
+//	rows, err := db.QueryContext(ctx, "SELECT kind, count(*) AS n, sum(amount) AS total FROM t GROUP BY kind")
+//
+// An average is not mergeable from per-shard averages: select sum(x) and
+// count(x) and divide. WithMergeOrder and WithLimit apply to the merged
+// rows (without WithMergeOrder they come sorted by the GroupBy columns).
+// The query fails with an error wrapping ErrAggregate when a result column
+// is not named, a named column is missing, or a value cannot be combined.
+// Calling it with no aggregates turns merging off.
+func WithAggregate(ctx context.Context, cols ...Aggregate) context.Context {
+	return withFanOutOption(ctx, func(o *fanOutOptions) { o.aggs = slices.Clone(cols) })
+}
+
+// aggregateQuery runs the fan-out without order and limit and merges its
+// rows as opts.aggs says.
+func (c *conn) aggregateQuery(ctx context.Context, route shardRoute, query string, args []driver.NamedValue) (driver.Rows, error) {
+	opts := fanOutOptionsFrom(ctx)
+	inner := withFanOutOption(ctx, func(o *fanOutOptions) { o.aggs, o.order, o.limit = nil, nil, 0 })
+	rows, err := c.fanOutQuery(inner, route, query, args)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	fr := rows.(*fanRows)
+	m, err := newAggMerge(fr.header.cols, opts.aggs)
+	if err != nil {
+		return nil, err
+	}
+	dest := make([]driver.Value, len(fr.header.cols))
+	for {
+		err := rows.Next(dest)
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		if err := m.add(dest); err != nil {
+			return nil, err
+		}
+	}
+	out, err := m.result(opts.order)
+	if err != nil {
+		return nil, err
+	}
+	if opts.limit > 0 && len(out) > opts.limit {
+		out = out[:opts.limit]
+	}
+	return &aggRows{header: fr.header, rows: out}, nil
+}
+
+// aggMerge folds shard rows into groups.
+type aggMerge struct {
+	cols   []string
+	kinds  []aggKind
+	groups map[string]*aggGroupState
+	order  []*aggGroupState // in arrival order; sorted at the end
+	keyBuf []byte
+}
+
+type aggGroupState struct {
+	key  []driver.Value // the GroupBy columns' values, in column order
+	accs []aggAcc
+}
+
+func newAggMerge(cols []string, aggs []Aggregate) (*aggMerge, error) {
+	m := &aggMerge{cols: cols, kinds: make([]aggKind, len(cols)), groups: map[string]*aggGroupState{}}
+	named := make([]bool, len(cols))
+	for _, a := range aggs {
+		j := slices.Index(cols, a.column)
+		if j < 0 {
+			return nil, errorf(ErrAggregate, "%s(%q) names a column that is not in the result %v", a.kind, a.column, cols)
+		}
+		if named[j] && m.kinds[j] != a.kind {
+			return nil, errorf(ErrAggregate, "column %q is named both %s and %s", a.column, m.kinds[j], a.kind)
+		}
+		named[j], m.kinds[j] = true, a.kind
+	}
+	for j, ok := range named {
+		if !ok {
+			return nil, errorf(ErrAggregate, "result column %q is not named by any Aggregate (use GroupBy, Sum, Count, Min or Max)", cols[j])
+		}
+	}
+	return m, nil
+}
+
+func (m *aggMerge) add(row []driver.Value) error {
+	b := m.keyBuf[:0]
+	for j, k := range m.kinds {
+		if k == aggGroup {
+			b = appendGroupKey(b, row[j])
+		}
+	}
+	m.keyBuf = b
+	g := m.groups[string(b)]
+	if g == nil {
+		g = &aggGroupState{accs: make([]aggAcc, len(m.kinds))}
+		for j, k := range m.kinds {
+			if k == aggGroup {
+				g.key = append(g.key, row[j])
+			}
+		}
+		m.groups[string(b)] = g
+		m.order = append(m.order, g)
+	}
+	for j, k := range m.kinds {
+		if k == aggGroup {
+			continue
+		}
+		if err := g.accs[j].add(k, row[j]); err != nil {
+			return errorf(ErrAggregate, "%s(%q): %v", k, m.cols[j], err)
+		}
+	}
+	return nil
+}
+
+// result returns the merged rows sorted by order, or by the group columns.
+func (m *aggMerge) result(order []SortKey) ([][]driver.Value, error) {
+	hasGroup := slices.Contains(m.kinds, aggGroup)
+	if len(m.order) == 0 && !hasGroup {
+		// An aggregate without GROUP BY has one row even over no rows.
+		m.order = append(m.order, &aggGroupState{accs: make([]aggAcc, len(m.kinds))})
+	}
+	out := make([][]driver.Value, len(m.order))
+	for i, g := range m.order {
+		row := make([]driver.Value, len(m.kinds))
+		gi := 0
+		for j, k := range m.kinds {
+			if k == aggGroup {
+				row[j] = g.key[gi]
+				gi++
+				continue
+			}
+			row[j] = g.accs[j].value(k)
+		}
+		out[i] = row
+	}
+	var keys []sortCol
+	if len(order) > 0 {
+		var err error
+		if keys, err = sortColumns(m.cols, order); err != nil {
+			return nil, err
+		}
+	}
+	// The group columns break ties, so the order never depends on which
+	// shard answered first.
+	for j, k := range m.kinds {
+		if k == aggGroup {
+			keys = append(keys, sortCol{index: j})
+		}
+	}
+	slices.SortFunc(out, func(a, b []driver.Value) int {
+		for _, k := range keys {
+			c := compareValues(a[k.index], b[k.index])
+			if k.desc {
+				c = -c
+			}
+			if c != 0 {
+				return c
+			}
+		}
+		return 0
+	})
+	return out, nil
+}
+
+// appendGroupKey appends an unambiguous encoding of v: a type tag, then a
+// length-prefixed text, so that distinct values never share a key.
+func appendGroupKey(b []byte, v driver.Value) []byte {
+	var tag byte
+	var s string
+	switch x := v.(type) {
+	case nil:
+		tag = 'N'
+	case int64:
+		tag, s = 'i', strconv.FormatInt(x, 10)
+	case float64:
+		tag, s = 'f', strconv.FormatFloat(x, 'g', -1, 64)
+	case bool:
+		tag, s = 'b', strconv.FormatBool(x)
+	case string:
+		tag, s = 's', x
+	case []byte:
+		tag, s = 's', string(x) // text may come as bytes from some drivers
+	case time.Time:
+		tag, s = 't', x.UTC().Format(time.RFC3339Nano)
+	default:
+		tag, s = '?', fmt.Sprintf("%T:%v", v, v)
+	}
+	b = append(b, tag)
+	b = binary.AppendUvarint(b, uint64(len(s)))
+	return append(b, s...)
+}
+
+// aggAcc accumulates one column of one group.
+type aggAcc struct {
+	seen bool // a non-NULL value was added
+
+	// Sum and Count: the kind of number so far.
+	isInt, isBig, isDec, isFloat bool
+	i                            int64
+	big                          *big.Int
+	dec                          *big.Rat
+	scale                        int    // the most decimal places of a numeric input
+	special                      string // "NaN", "Infinity" or "-Infinity" once one was added
+	f                            float64
+
+	// Min and Max.
+	best driver.Value
+}
+
+func (a *aggAcc) add(k aggKind, v driver.Value) error {
+	if v == nil {
+		return nil // SQL: aggregates skip NULLs; a NULL count is no count
+	}
+	switch k {
+	case aggMin, aggMax:
+		switch v.(type) {
+		case int64, float64, string, []byte, time.Time, bool:
+		default:
+			return fmt.Errorf("cannot compare a %T", v)
+		}
+		if !a.seen {
+			a.best, a.seen = v, true
+			return nil
+		}
+		if reflect.TypeOf(v) != reflect.TypeOf(a.best) && !numeric(v, a.best) {
+			return fmt.Errorf("shards returned a %T and a %T", a.best, v)
+		}
+		c := compareValues(v, a.best)
+		if (k == aggMin && c < 0) || (k == aggMax && c > 0) {
+			a.best = v
+		}
+		return nil
+	case aggCount:
+		if _, ok := v.(int64); !ok {
+			if _, ok := v.(string); !ok {
+				return fmt.Errorf("a count must be an integer, got a %T", v)
+			}
+		}
+	}
+	a.seen = true
+	switch x := v.(type) {
+	case int64:
+		return a.addInt(x)
+	case float64:
+		if a.isInt || a.isBig || a.isDec {
+			return fmt.Errorf("shards returned a float64 and an exact number")
+		}
+		a.isFloat = true
+		a.f += x
+		return nil
+	case []byte:
+		return a.addDecimal(string(x))
+	case string:
+		return a.addDecimal(x)
+	}
+	return fmt.Errorf("cannot add a %T", v)
+}
+
+func numeric(a, b driver.Value) bool {
+	switch a.(type) {
+	case int64, float64:
+		switch b.(type) {
+		case int64, float64:
+			return true
+		}
+	}
+	return false
+}
+
+func (a *aggAcc) addInt(x int64) error {
+	switch {
+	case a.isFloat:
+		return fmt.Errorf("shards returned a float64 and an integer")
+	case a.isDec:
+		a.dec.Add(a.dec, new(big.Rat).SetInt64(x))
+	case a.isBig:
+		a.big.Add(a.big, big.NewInt(x))
+	case !a.isInt:
+		a.isInt, a.i = true, x
+	default:
+		s := a.i + x
+		if (x > 0 && s < a.i) || (x < 0 && s > a.i) { // overflow: go exact
+			a.isBig = true
+			a.big = new(big.Int).SetInt64(a.i)
+			a.big.Add(a.big, big.NewInt(x))
+			return nil
+		}
+		a.i = s
+	}
+	return nil
+}
+
+// addDecimal adds a numeric's text exactly.
+func (a *aggAcc) addDecimal(s string) error {
+	if a.isFloat {
+		return fmt.Errorf("shards returned a float64 and a numeric")
+	}
+	switch s {
+	case "NaN", "Infinity", "-Infinity":
+		// PostgreSQL: NaN wins; Infinity plus -Infinity is NaN.
+		switch {
+		case a.special == "" || a.special == s:
+			a.special = s
+		default:
+			a.special = "NaN"
+		}
+		return nil
+	}
+	r, ok := new(big.Rat).SetString(s)
+	if !ok || strings.ContainsAny(s, "/eE") {
+		return fmt.Errorf("%q is not a decimal number", s)
+	}
+	if i := strings.IndexByte(s, '.'); i >= 0 {
+		a.scale = max(a.scale, len(s)-i-1)
+	}
+	if !a.isDec {
+		a.isDec = true
+		a.dec = new(big.Rat)
+		switch {
+		case a.isBig:
+			a.dec.SetInt(a.big)
+		case a.isInt:
+			a.dec.SetInt64(a.i)
+		}
+		a.isInt, a.isBig = false, false
+	}
+	a.dec.Add(a.dec, r)
+	return nil
+}
+
+func (a *aggAcc) value(k aggKind) driver.Value {
+	switch k {
+	case aggMin, aggMax:
+		return a.best
+	case aggCount:
+		switch {
+		case a.isBig:
+			return a.big.String()
+		case a.isDec:
+			return a.dec.FloatString(0)
+		}
+		return a.i // 0 when nothing was counted
+	}
+	switch {
+	case !a.seen:
+		return nil
+	case a.special != "":
+		return a.special
+	case a.isFloat:
+		return a.f
+	case a.isBig:
+		return a.big.String()
+	case a.isDec:
+		return a.dec.FloatString(a.scale)
+	}
+	return a.i
+}
+
+// aggRows are the merged rows, described as the first shard's rows are.
+type aggRows struct {
+	header *shardHeader
+	rows   [][]driver.Value
+}
+
+func (r *aggRows) Columns() []string { return r.header.cols }
+func (r *aggRows) Close() error      { r.rows = nil; return nil }
+
+func (r *aggRows) Next(dest []driver.Value) error {
+	if len(r.rows) == 0 {
+		return io.EOF
+	}
+	copy(dest, r.rows[0])
+	r.rows = r.rows[1:]
+	return nil
+}
+
+func (r *aggRows) ColumnTypeDatabaseTypeName(i int) string { return r.header.types[i].dbType }
+func (r *aggRows) ColumnTypeNullable(i int) (nullable, ok bool) {
+	t := &r.header.types[i]
+	return t.nullable, t.hasNullable
+}
