@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
 	"testing"
 	"time"
@@ -200,5 +201,48 @@ func TestWithKeysGroupsByShard(t *testing.T) {
 	}
 	if n, _ := res.RowsAffected(); n != 3 {
 		t.Errorf("rows affected %d, want 3", n)
+	}
+}
+
+// WithKeys binds each shard's keys as an array with lib/pq too.
+func TestWithKeysLibPQ(t *testing.T) {
+	_, db := fanOutFleet(t, 0, "num_shards=16; driver=postgres")
+	ctx := context.Background()
+	var strs []any // on owned shards (shard 0 is no host's), one with a quote and a backslash
+	for _, k := range []string{`q"uo\te`, "a", "b", "c", "d", "e", "f", "g", "h", "a"} {
+		if s, err := ShardForKey(k, 16); err == nil && s != 0 {
+			strs = append(strs, k)
+		}
+	}
+	for _, tc := range []struct {
+		keys []any
+		sql  string
+	}{
+		{[]any{1, 17, 2, 18, 9, 2}, "SELECT unnest($1::bigint[])::text AS k"},
+		{strs, "SELECT unnest($1::text[]) AS k"},
+	} {
+		rows, err := db.QueryContext(WithKeys(ctx, tc.keys...), tc.sql)
+		if err != nil {
+			t.Fatalf("%v: %v", tc.keys, err)
+		}
+		got := map[string]bool{}
+		for rows.Next() {
+			var k string
+			if err := rows.Scan(&k); err != nil {
+				t.Fatal(err)
+			}
+			got[k] = true
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		rows.Close()
+		want := map[string]bool{}
+		for _, k := range tc.keys {
+			want[fmt.Sprint(k)] = true
+		}
+		if !maps.Equal(got, want) {
+			t.Errorf("keys %v: the shards saw %v", tc.keys, got)
+		}
 	}
 }

@@ -40,6 +40,7 @@ type fleet struct {
 	hosts  []fleetHost  // in configuration order
 	shards []*placement // indexed by shard; nil where no host owns it
 
+	libpq     bool                       // the inner driver is lib/pq: Go slices go as pq.Array
 	keyShards int                        // Config.KeyShards
 	shardFunc func(key any) (int, error) // Config.ShardFunc
 	logger    *slog.Logger               // Config.Logger
@@ -145,6 +146,7 @@ func newConnector(cfg *Config, inner innerConnectorFunc) (*Connector, error) {
 func (c *Connector) newFleet(cfg *Config, keep map[string]*hostPool) (*fleet, error) {
 	f := &fleet{
 		shards:    make([]*placement, NumShards),
+		libpq:     cfg.Driver == "postgres",
 		keyShards: cfg.KeyShards,
 		shardFunc: cfg.ShardFunc,
 		logger:    cfg.Logger,

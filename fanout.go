@@ -8,6 +8,8 @@ import (
 	"maps"
 	"slices"
 	"sync"
+
+	"github.com/lib/pq"
 )
 
 // SortKey names a result column that every shard's rows are sorted by, for
@@ -164,7 +166,11 @@ func (c *conn) planFanOut(ctx context.Context, route shardRoute) (*fanOut, error
 		}
 		p.places = append(p.places, pl)
 		if keyArgs != nil {
-			p.keyArgs = append(p.keyArgs, keyArgs[s])
+			keys := keyArgs[s]
+			if f.libpq { // pgx encodes Go slices as arrays; lib/pq needs its wrapper
+				keys = pq.Array(keys)
+			}
+			p.keyArgs = append(p.keyArgs, keys)
 		}
 		p.perHostShards[pl.host]++
 	}

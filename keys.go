@@ -7,8 +7,6 @@ import (
 	"fmt"
 	"math"
 	"slices"
-	"strconv"
-	"strings"
 )
 
 // WithKeys returns a copy of ctx that fans statements out to the shards
@@ -164,39 +162,4 @@ func (p *fanOut) argsFor(i int, args []driver.NamedValue) []driver.NamedValue {
 		out = append(out, a)
 	}
 	return out
-}
-
-// arrayLiteral writes a []int64 or []string as PostgreSQL array text, for
-// inner drivers other than pgx (lib/pq sends parameters as text and has no
-// encoding of Go slices). ok is false for other values.
-func arrayLiteral(v any) (string, bool) {
-	var b strings.Builder
-	b.WriteByte('{')
-	switch x := v.(type) {
-	case []int64:
-		for i, n := range x {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.WriteString(strconv.FormatInt(n, 10))
-		}
-	case []string:
-		for i, s := range x {
-			if i > 0 {
-				b.WriteByte(',')
-			}
-			b.WriteByte('"')
-			for _, r := range s {
-				if r == '"' || r == '\\' {
-					b.WriteByte('\\')
-				}
-				b.WriteRune(r)
-			}
-			b.WriteByte('"')
-		}
-	default:
-		return "", false
-	}
-	b.WriteByte('}')
-	return b.String(), true
 }

@@ -143,9 +143,6 @@ func (s *session) convert(args []driver.NamedValue) ([]driver.NamedValue, error)
 	checker, hasChecker := s.inner.(driver.NamedValueChecker)
 	out := make([]driver.NamedValue, len(args))
 	for i, nv := range args {
-		if lit, ok := arrayLiteral(nv.Value); ok {
-			nv.Value = lit // WithKeys' $1 (keys.go)
-		}
 		err := driver.ErrSkip
 		if hasChecker {
 			err = checker.CheckNamedValue(&nv)
