@@ -13,25 +13,9 @@ func BenchmarkAggregate(b *testing.B) {
 	db.SetMaxIdleConns(20)
 	ctx := context.Background()
 	const q = "SELECT count(*) AS n, sum(id) AS s FROM t"
-	count := func(b *testing.B, ctx context.Context, want int) {
-		b.ReportAllocs()
-		for b.Loop() {
-			rows, err := db.QueryContext(ctx, q)
-			if err != nil {
-				b.Fatal(err)
-			}
-			n := 0
-			for rows.Next() {
-				n++
-			}
-			if err := rows.Close(); err != nil || n != want {
-				b.Fatalf("%d rows, %v", n, err)
-			}
-		}
-	}
-	b.Run("via=fanout16-unmerged", func(b *testing.B) { count(b, WithAllShards(ctx), 16) })
+	b.Run("via=fanout16-unmerged", func(b *testing.B) { benchRows(b, db, WithAllShards(ctx), 16, q) })
 	b.Run("via=aggregate16", func(b *testing.B) {
-		count(b, WithAggregate(WithAllShards(ctx), Count("n"), Sum("s")), 1)
+		benchRows(b, db, WithAggregate(WithAllShards(ctx), Count("n"), Sum("s")), 1, q)
 	})
 	keys := make([]any, 100)
 	for i := range keys {
@@ -44,20 +28,7 @@ func BenchmarkAggregate(b *testing.B) {
 		}
 	}
 	b.Run("via=withkeys", func(b *testing.B) {
-		b.ReportAllocs()
-		for b.Loop() {
-			rows, err := db.QueryContext(WithKeys(ctx, owned...), "SELECT id, shard, note FROM t WHERE id = ANY($1)")
-			if err != nil {
-				b.Fatal(err)
-			}
-			n := 0
-			for rows.Next() {
-				n++
-			}
-			if err := rows.Close(); err != nil || n != len(owned) {
-				b.Fatalf("%d rows, %v", n, err)
-			}
-		}
+		benchRows(b, db, WithKeys(ctx, owned...), len(owned), "SELECT id, shard, note FROM t WHERE id = ANY($1)")
 	})
 	b.Run("via=single-key-statements", func(b *testing.B) {
 		b.ReportAllocs()

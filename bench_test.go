@@ -175,24 +175,8 @@ func BenchmarkFanOut(b *testing.B) {
 	db.SetMaxIdleConns(20)
 	ctx := context.Background()
 	const q = "SELECT id, shard, note FROM t WHERE id = 0"
-	run := func(b *testing.B, ctx context.Context, want int) {
-		b.ReportAllocs()
-		for b.Loop() {
-			rows, err := db.QueryContext(ctx, q)
-			if err != nil {
-				b.Fatal(err)
-			}
-			n := 0
-			for rows.Next() {
-				n++
-			}
-			if err := rows.Close(); err != nil || n != want {
-				b.Fatalf("%d rows, %v", n, err)
-			}
-		}
-	}
-	b.Run("via=single", func(b *testing.B) { run(b, WithShard(ctx, 5), 1) })
-	b.Run("via=fanout16", func(b *testing.B) { run(b, WithAllShards(ctx), 16) })
+	b.Run("via=single", func(b *testing.B) { benchRows(b, db, WithShard(ctx, 5), 1, q) })
+	b.Run("via=fanout16", func(b *testing.B) { benchRows(b, db, WithAllShards(ctx), 16, q) })
 
 	// The floor on this machine: the same 16 queries sent directly through
 	// pgx from 16 goroutines (schema-qualified, no routing, no merging).
@@ -450,5 +434,24 @@ func BenchmarkSchemaSwitch(b *testing.B) {
 				b.Fatal(err)
 			}
 		})
+	}
+}
+
+// benchRows runs query with ctx and args in a loop, reading every row, and
+// fails b unless each run returns want rows.
+func benchRows(b *testing.B, db *sql.DB, ctx context.Context, want int, query string, args ...any) {
+	b.ReportAllocs()
+	for b.Loop() {
+		rows, err := db.QueryContext(ctx, query, args...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n := 0
+		for rows.Next() {
+			n++
+		}
+		if err := rows.Close(); err != nil || n != want {
+			b.Fatalf("%d rows, %v", n, err)
+		}
 	}
 }

@@ -233,19 +233,12 @@ func TestFanOutColumnMismatchNamesTheOddShard(t *testing.T) {
 	f := newTestFleet(t, fleetOptions{perHost: 2}) // shards 1-2 and 3-4
 	ctx := context.Background()
 	// Shard 3, the odd one, answers at once; the others after 300 ms.
-	for i, shards := range [][]int{{1, 2}, {3, 4}} {
-		var ddl strings.Builder
-		for _, s := range shards {
-			if s == 3 {
-				fmt.Fprintf(&ddl, "CREATE VIEW shard%04d.v AS SELECT id, note, 1 AS extra FROM shard%04[1]d.t;", s)
-			} else {
-				fmt.Fprintf(&ddl, "CREATE VIEW shard%04d.v AS SELECT id, note FROM shard%04[1]d.t, pg_sleep(0.3);", s)
-			}
+	createViews(t, f, func(s int) string {
+		if s == 3 {
+			return "SELECT id, note, 1 AS extra FROM t"
 		}
-		if err := execOn(ctx, f.hosts[i], ddl.String()); err != nil {
-			t.Fatal(err)
-		}
-	}
+		return "SELECT id, note FROM t, pg_sleep(0.3)"
+	})
 	db := f.open(t)
 	rows, err := db.QueryContext(WithAllShards(ctx), "SELECT * FROM v")
 	if err == nil {
@@ -405,23 +398,15 @@ func TestErrorsHaveOnePrefix(t *testing.T) {
 func TestFanOutPartialStopsTheOddShard(t *testing.T) {
 	f := newTestFleet(t, fleetOptions{perHost: 2}) // shards 1-2 and 3-4
 	ctx := context.Background()
-	for i, shards := range [][]int{{1, 2}, {3, 4}} {
-		var ddl strings.Builder
-		for _, s := range shards {
-			if s == 3 {
-				// After 2 s (the others have answered), more rows than the
-				// server buffers before it sends, then a 60 s sleep.
-				fmt.Fprintf(&ddl, `CREATE VIEW shard%04d.v AS
-					SELECT g AS id, 'x' AS note, 1 AS extra FROM (SELECT pg_sleep(2)) s, generate_series(1, 20000) g
-					UNION ALL SELECT NULL::int, NULL::text, 2 FROM pg_sleep(60);`, s)
-			} else {
-				fmt.Fprintf(&ddl, "CREATE VIEW shard%04d.v AS SELECT id, note FROM shard%04[1]d.t;", s)
-			}
+	createViews(t, f, func(s int) string {
+		if s == 3 {
+			// After 2 s (the others have answered), more rows than the
+			// server buffers before it sends, then a 60 s sleep.
+			return `SELECT g AS id, 'x' AS note, 1 AS extra FROM (SELECT pg_sleep(2)) s, generate_series(1, 20000) g
+				UNION ALL SELECT NULL::int, NULL::text, 2 FROM pg_sleep(60)`
 		}
-		if err := execOn(ctx, f.hosts[i], ddl.String()); err != nil {
-			t.Fatal(err)
-		}
-	}
+		return "SELECT id, note FROM t"
+	})
 	db := f.open(t)
 	var report FanOutReport
 	start := time.Now()
@@ -449,4 +434,19 @@ func TestFanOutPartialStopsTheOddShard(t *testing.T) {
 	}
 	assertIdle(t, db)
 	t.Logf("%d rows, %d shards failed, %v", n, len(report.Failed()), took.Round(time.Millisecond))
+}
+
+// createViews creates on every shard of f (shards 1..2*perHost) a view v
+// defined by the query body(shard) returns, run on the shard's schema.
+func createViews(t *testing.T, f *testFleet, body func(shard int) string) {
+	t.Helper()
+	for i, kw := range f.hosts {
+		var ddl strings.Builder
+		for s := 1 + i*f.perHost; s <= (i+1)*f.perHost; s++ {
+			fmt.Fprintf(&ddl, "SET search_path TO shard%04d; CREATE VIEW v AS %s;", s, body(s))
+		}
+		if err := execOn(context.Background(), kw, ddl.String()); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

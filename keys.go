@@ -116,37 +116,20 @@ func (c *Connector) keysByShard(f *fleet, keys []any, report *FanOutReport) ([]i
 
 // intKey returns an integer key (or Key) as an int64.
 func intKey(key any) (int64, bool, error) {
-	var u uint64
-	switch k := key.(type) {
-	case Key:
+	if k, ok := key.(Key); ok {
 		return int64(k), true, nil
-	case int:
-		return int64(k), true, nil
-	case int8:
-		return int64(k), true, nil
-	case int16:
-		return int64(k), true, nil
-	case int32:
-		return int64(k), true, nil
-	case int64:
-		return k, true, nil
-	case uint:
-		u = uint64(k)
-	case uint8:
-		u = uint64(k)
-	case uint16:
-		u = uint64(k)
-	case uint32:
-		u = uint64(k)
-	case uint64:
-		u = k
-	default:
-		return 0, false, nil
 	}
-	if u > math.MaxInt64 {
-		return 0, false, fmt.Errorf("%w %d: above the bigint range of the $1 array", ErrShardKey, u)
+	i, u, kind := integerKey(key)
+	switch kind {
+	case signedInt:
+		return i, true, nil
+	case unsignedInt:
+		if u > math.MaxInt64 {
+			return 0, false, fmt.Errorf("%w %d: above the bigint range of the $1 array", ErrShardKey, u)
+		}
+		return int64(u), true, nil
 	}
-	return int64(u), true, nil
+	return 0, false, nil
 }
 
 // argsFor returns the arguments of the plan's shard i: with WithKeys, the

@@ -81,38 +81,19 @@ func ShardForKey(key any, numShards int) (int, error) {
 		return 0, fmt.Errorf("%w %v: numShards %d outside 1..%d", ErrShardKey, key, numShards, NumShards)
 	}
 	n := uint64(numShards)
-	var u uint64
-	switch k := key.(type) {
-	case int:
-		return signedShard(int64(k), numShards), nil
-	case int8:
-		return signedShard(int64(k), numShards), nil
-	case int16:
-		return signedShard(int64(k), numShards), nil
-	case int32:
-		return signedShard(int64(k), numShards), nil
-	case int64:
-		return signedShard(k, numShards), nil
-	case uint:
-		u = uint64(k)
-	case uint8:
-		u = uint64(k)
-	case uint16:
-		u = uint64(k)
-	case uint32:
-		u = uint64(k)
-	case uint64:
-		u = k
-	case uintptr:
-		u = uint64(k)
-	case string:
-		u = hashKey(k)
-	case []byte:
-		u = hashKey(string(k))
-	default:
-		return 0, fmt.Errorf("%w of type %T: want an integer or a string", ErrShardKey, key)
+	switch i, u, kind := integerKey(key); kind {
+	case signedInt:
+		return signedShard(i, numShards), nil
+	case unsignedInt:
+		return int(u % n), nil
 	}
-	return int(u % n), nil
+	switch k := key.(type) {
+	case string:
+		return int(hashKey(k) % n), nil
+	case []byte:
+		return int(hashKey(string(k)) % n), nil
+	}
+	return 0, fmt.Errorf("%w of type %T: want an integer or a string", ErrShardKey, key)
 }
 
 func signedShard(k int64, numShards int) int {
@@ -137,4 +118,43 @@ func hashKey(s string) uint64 {
 	h *= 0xc4ceb9fe1a85ec53
 	h ^= h >> 33
 	return h
+}
+
+// intKind says which of integerKey's results holds the key.
+type intKind int
+
+const (
+	notInt intKind = iota
+	signedInt
+	unsignedInt
+)
+
+// integerKey returns a key of any Go integer type as an int64 (signed
+// types) or a uint64 (unsigned ones); kind says which, or notInt.
+func integerKey(key any) (i int64, u uint64, kind intKind) {
+	switch k := key.(type) {
+	case int:
+		return int64(k), 0, signedInt
+	case int8:
+		return int64(k), 0, signedInt
+	case int16:
+		return int64(k), 0, signedInt
+	case int32:
+		return int64(k), 0, signedInt
+	case int64:
+		return k, 0, signedInt
+	case uint:
+		return 0, uint64(k), unsignedInt
+	case uint8:
+		return 0, uint64(k), unsignedInt
+	case uint16:
+		return 0, uint64(k), unsignedInt
+	case uint32:
+		return 0, uint64(k), unsignedInt
+	case uint64:
+		return 0, k, unsignedInt
+	case uintptr:
+		return 0, uint64(k), unsignedInt
+	}
+	return 0, 0, notInt
 }
