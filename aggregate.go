@@ -1,13 +1,20 @@
 package hv
 
-// Merged aggregates (WithAggregate): a layer over the fan-out rows. The
-// inner fan-out runs without the merge order and limit; every shard row is
-// folded into a map keyed by the group columns' values, and the groups are
-// emitted sorted, then cut by the limit. The result needs every shard's
-// rows before its first row, so it is read whole when the query starts:
-// memory grows with the number of groups, not with the shards' rows.
+// Merged aggregates (WithAggregate): a layer over the fan-out rows, in one
+// of two ways.
+//
+// Streaming, when the merge order is exactly the GroupBy columns: the inner
+// fan-out is merged in that order, so each group's rows from all shards
+// arrive one after another and are folded as they come; memory holds one
+// group and the limit stops the shards early.
+//
+// Buffered, otherwise (an order on an aggregate, or none): the inner
+// fan-out runs unordered and unlimited, every row is folded into a map
+// keyed by the group's values, and the groups are sorted, then cut by the
+// limit, when the query starts: memory grows with the number of groups.
 
 import (
+	"bytes"
 	"context"
 	"database/sql/driver"
 	"encoding/binary"
@@ -83,6 +90,10 @@ func GroupBy(column string) Aggregate { return Aggregate{aggGroup, column} }
 // An average is not mergeable from per-shard averages: select sum(x) and
 // count(x) and divide. WithMergeOrder and WithLimit apply to the merged
 // rows (without WithMergeOrder they come sorted by the GroupBy columns).
+// When the merge order is exactly the GroupBy columns, and the SQL orders
+// by them too, the merge streams: it holds one group at a time and a limit
+// stops the shards early; otherwise every group is held until the last
+// shard answers.
 // The query fails with an error wrapping ErrAggregate when a result column
 // is not named, a named column is missing, or a value cannot be combined.
 // Calling it with no aggregates turns merging off.
@@ -90,21 +101,34 @@ func WithAggregate(ctx context.Context, cols ...Aggregate) context.Context {
 	return withFanOutOption(ctx, func(o *fanOutOptions) { o.aggs = slices.Clone(cols) })
 }
 
-// aggregateQuery runs the fan-out without order and limit and merges its
-// rows as opts.aggs says.
+// aggregateQuery runs the fan-out and merges its rows as opts.aggs says:
+// streaming when the merge order is the GroupBy columns, buffered otherwise.
 func (c *conn) aggregateQuery(ctx context.Context, route shardRoute, query string, args []driver.NamedValue) (driver.Rows, error) {
 	opts := fanOutOptionsFrom(ctx)
-	inner := withFanOutOption(ctx, func(o *fanOutOptions) { o.aggs, o.order, o.limit = nil, nil, 0 })
+	stream := false
+	inner := withFanOutOption(ctx, func(o *fanOutOptions) {
+		o.aggs, o.limit = nil, 0
+		if !groupOrdered(o.order, opts.aggs) {
+			o.order = nil
+		} else {
+			stream = true
+		}
+	})
 	rows, err := c.fanOutQuery(inner, route, query, args)
 	if err != nil {
 		return nil, err
 	}
-	defer rows.Close()
 	fr := rows.(*fanRows)
 	m, err := newAggMerge(fr.header.cols, opts.aggs)
 	if err != nil {
+		rows.Close()
 		return nil, err
 	}
+	if stream {
+		return &aggStream{aggHeader: aggHeader{fr.header}, in: fr, m: m, order: fr.merge.keys,
+			limit: opts.limit, row: make([]driver.Value, len(fr.header.cols))}, nil
+	}
+	defer rows.Close()
 	dest := make([]driver.Value, len(fr.header.cols))
 	for {
 		err := rows.Next(dest)
@@ -125,7 +149,28 @@ func (c *conn) aggregateQuery(ctx context.Context, route shardRoute, query strin
 	if opts.limit > 0 && len(out) > opts.limit {
 		out = out[:opts.limit]
 	}
-	return &aggRows{header: fr.header, rows: out}, nil
+	return &aggRows{aggHeader: aggHeader{fr.header}, rows: out}, nil
+}
+
+// groupOrdered reports whether order sorts by exactly the GroupBy columns:
+// then the merged fan-out brings each group's rows together, one after
+// another, and the merge can stream.
+func groupOrdered(order []SortKey, aggs []Aggregate) bool {
+	var groups []string
+	for _, a := range aggs {
+		if a.kind == aggGroup && !slices.Contains(groups, a.column) {
+			groups = append(groups, a.column)
+		}
+	}
+	if len(groups) == 0 || len(order) != len(groups) {
+		return false
+	}
+	for i, k := range order {
+		if !slices.Contains(groups, k.Column) || slices.ContainsFunc(order[:i], func(p SortKey) bool { return p.Column == k.Column }) {
+			return false
+		}
+	}
+	return true
 }
 
 // aggMerge folds shard rows into groups.
@@ -163,7 +208,8 @@ func newAggMerge(cols []string, aggs []Aggregate) (*aggMerge, error) {
 	return m, nil
 }
 
-func (m *aggMerge) add(row []driver.Value) error {
+// groupKey encodes row's GroupBy values into m.keyBuf and returns it.
+func (m *aggMerge) groupKey(row []driver.Value) []byte {
 	b := m.keyBuf[:0]
 	for j, k := range m.kinds {
 		if k == aggGroup {
@@ -171,17 +217,22 @@ func (m *aggMerge) add(row []driver.Value) error {
 		}
 	}
 	m.keyBuf = b
-	g := m.groups[string(b)]
-	if g == nil {
-		g = &aggGroupState{accs: make([]aggAcc, len(m.kinds))}
-		for j, k := range m.kinds {
-			if k == aggGroup {
-				g.key = append(g.key, row[j])
-			}
+	return b
+}
+
+// newGroup starts the group of row, holding its GroupBy values.
+func (m *aggMerge) newGroup(row []driver.Value) *aggGroupState {
+	g := &aggGroupState{accs: make([]aggAcc, len(m.kinds))}
+	for j, k := range m.kinds {
+		if k == aggGroup {
+			g.key = append(g.key, row[j])
 		}
-		m.groups[string(b)] = g
-		m.order = append(m.order, g)
 	}
+	return g
+}
+
+// fold adds row's aggregate columns to g.
+func (m *aggMerge) fold(g *aggGroupState, row []driver.Value) error {
 	for j, k := range m.kinds {
 		if k == aggGroup {
 			continue
@@ -193,6 +244,31 @@ func (m *aggMerge) add(row []driver.Value) error {
 	return nil
 }
 
+// emit writes g's merged row into row.
+func (m *aggMerge) emit(g *aggGroupState, row []driver.Value) {
+	gi := 0
+	for j, k := range m.kinds {
+		if k == aggGroup {
+			row[j] = g.key[gi]
+			gi++
+			continue
+		}
+		row[j] = g.accs[j].value(k)
+	}
+}
+
+// add folds row into its group, buffered.
+func (m *aggMerge) add(row []driver.Value) error {
+	b := m.groupKey(row)
+	g := m.groups[string(b)]
+	if g == nil {
+		g = m.newGroup(row)
+		m.groups[string(b)] = g
+		m.order = append(m.order, g)
+	}
+	return m.fold(g, row)
+}
+
 // result returns the merged rows sorted by order, or by the group columns.
 func (m *aggMerge) result(order []SortKey) ([][]driver.Value, error) {
 	hasGroup := slices.Contains(m.kinds, aggGroup)
@@ -202,17 +278,8 @@ func (m *aggMerge) result(order []SortKey) ([][]driver.Value, error) {
 	}
 	out := make([][]driver.Value, len(m.order))
 	for i, g := range m.order {
-		row := make([]driver.Value, len(m.kinds))
-		gi := 0
-		for j, k := range m.kinds {
-			if k == aggGroup {
-				row[j] = g.key[gi]
-				gi++
-				continue
-			}
-			row[j] = g.accs[j].value(k)
-		}
-		out[i] = row
+		out[i] = make([]driver.Value, len(m.kinds))
+		m.emit(g, out[i])
 	}
 	var keys []sortCol
 	if len(order) > 0 {
@@ -437,14 +504,23 @@ func (a *aggAcc) value(k aggKind) driver.Value {
 	return a.i
 }
 
-// aggRows are the merged rows, described as the first shard's rows are.
-type aggRows struct {
-	header *shardHeader
-	rows   [][]driver.Value
+// aggHeader describes merged rows as the first shard's rows are described.
+type aggHeader struct{ header *shardHeader }
+
+func (h aggHeader) Columns() []string                       { return h.header.cols }
+func (h aggHeader) ColumnTypeDatabaseTypeName(i int) string { return h.header.types[i].dbType }
+func (h aggHeader) ColumnTypeNullable(i int) (nullable, ok bool) {
+	t := &h.header.types[i]
+	return t.nullable, t.hasNullable
 }
 
-func (r *aggRows) Columns() []string { return r.header.cols }
-func (r *aggRows) Close() error      { r.rows = nil; return nil }
+// aggRows are buffered merged rows.
+type aggRows struct {
+	aggHeader
+	rows [][]driver.Value
+}
+
+func (r *aggRows) Close() error { r.rows = nil; return nil }
 
 func (r *aggRows) Next(dest []driver.Value) error {
 	if len(r.rows) == 0 {
@@ -455,8 +531,100 @@ func (r *aggRows) Next(dest []driver.Value) error {
 	return nil
 }
 
-func (r *aggRows) ColumnTypeDatabaseTypeName(i int) string { return r.header.types[i].dbType }
-func (r *aggRows) ColumnTypeNullable(i int) (nullable, ok bool) {
-	t := &r.header.types[i]
-	return t.nullable, t.hasNullable
+// aggStream merges the groups of a fan-out merged by the GroupBy columns as
+// they arrive: it holds one group, and with a limit it stops the shards once
+// enough groups are out.
+type aggStream struct {
+	aggHeader
+	in      *fanRows
+	m       *aggMerge
+	order   []sortCol
+	limit   int
+	row     []driver.Value // the inner row being read
+	cur     *aggGroupState // the group being folded
+	curKey  []byte
+	emitted int
+	err     error // sticky: io.EOF once the groups are out
+}
+
+func (r *aggStream) Close() error { return r.in.Close() }
+
+func (r *aggStream) Next(dest []driver.Value) error {
+	if r.err != nil {
+		return r.err
+	}
+	if r.limit > 0 && r.emitted >= r.limit {
+		r.err = io.EOF
+		return r.err
+	}
+	for {
+		err := r.in.Next(r.row)
+		if err == io.EOF {
+			if r.cur == nil {
+				r.err = io.EOF
+				return r.err
+			}
+			r.m.emit(r.cur, dest)
+			r.cur = nil
+			r.emitted++
+			return nil
+		}
+		if err != nil {
+			r.err = err
+			return err
+		}
+		key := r.m.groupKey(r.row)
+		if r.cur != nil && bytes.Equal(key, r.curKey) {
+			if err := r.m.fold(r.cur, r.row); err != nil {
+				r.err = err
+				return err
+			}
+			continue
+		}
+		next := r.m.newGroup(r.row)
+		if err := r.m.fold(next, r.row); err != nil {
+			r.err = err
+			return err
+		}
+		prev := r.cur
+		r.cur, r.curKey = next, append(r.curKey[:0], key...)
+		if prev == nil {
+			continue
+		}
+		if r.before(next, prev) {
+			// A group seen again would come out twice: a shard's SQL lacks
+			// the ORDER BY that WithMergeOrder promises.
+			r.err = errorf(ErrAggregate, "the shards' rows are not sorted by the merge order %v: give the SQL the same ORDER BY", r.in.plan.opts.order)
+			return r.err
+		}
+		r.m.emit(prev, dest)
+		r.emitted++
+		return nil
+	}
+}
+
+// before reports whether group a sorts before b in the merge order.
+func (r *aggStream) before(a, b *aggGroupState) bool {
+	for _, k := range r.order {
+		gi := r.groupIndex(k.index)
+		c := compareValues(a.key[gi], b.key[gi])
+		if k.desc {
+			c = -c
+		}
+		if c != 0 {
+			return c < 0
+		}
+	}
+	return false
+}
+
+// groupIndex maps a result column to its place in a group's key.
+func (r *aggStream) groupIndex(col int) int {
+	gi := 0
+	for j := 0; j < col; j++ {
+		if r.m.kinds[j] == aggGroup {
+			gi++
+		}
+	}
+	return gi
 }

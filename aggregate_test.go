@@ -81,10 +81,17 @@ func TestAggregateMatchesOneTable(t *testing.T) {
 		{"group2-order-limit", `SELECT k1, k2, count(*) AS c, sum(i) AS si FROM %s GROUP BY k1, k2`,
 			"%s ORDER BY si DESC, k1, k2 LIMIT 3",
 			[]Aggregate{GroupBy("k1"), GroupBy("k2"), Count("c"), Sum("si")}, []SortKey{Desc("si")}, 3},
+		// Ordered by the GroupBy columns: the merge streams.
+		{"group2-streamed", `SELECT k1, k2, count(*) AS c, sum(i) AS si, min(ts) AS mts FROM %s GROUP BY k1, k2 ORDER BY k2, k1`, "",
+			[]Aggregate{GroupBy("k1"), GroupBy("k2"), Count("c"), Sum("si"), Min("mts")}, []SortKey{Asc("k2"), Asc("k1")}, 0},
+		{"group-streamed-desc-limit", `SELECT k1, count(*) AS c, sum(n) AS sn FROM %s GROUP BY k1 ORDER BY k1 DESC LIMIT 2`, "",
+			[]Aggregate{GroupBy("k1"), Count("c"), Sum("sn")}, []SortKey{Desc("k1")}, 2},
 		{"empty", `SELECT count(*) AS c, sum(i) AS si, min(tx) AS mt FROM %s WHERE false`, "",
 			[]Aggregate{Count("c"), Sum("si"), Min("mt")}, nil, 0},
 		{"empty-group", `SELECT k1, count(*) AS c FROM %s WHERE false GROUP BY k1`, "",
 			[]Aggregate{GroupBy("k1"), Count("c")}, nil, 0},
+		{"empty-group-streamed", `SELECT k1, count(*) AS c FROM %s WHERE false GROUP BY k1 ORDER BY k1`, "",
+			[]Aggregate{GroupBy("k1"), Count("c")}, []SortKey{Asc("k1")}, 0},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -139,8 +146,21 @@ func TestAggregateFailingShardAndBadColumns(t *testing.T) {
 		{"SELECT count(*) AS c, sum(i) AS si FROM a", []Aggregate{Count("c")}, `"si" is not named`},
 		{"SELECT count(*) AS c FROM a", []Aggregate{Count("c"), Sum("nope")}, `"nope"`},
 		{"SELECT max(tx) AS m FROM a", []Aggregate{Sum("m")}, "not a decimal"},
+		// The streamed merge meets a shard whose rows are not in the merge
+		// order: an error, not a group returned twice.
+		{"SELECT k1, count(*) AS c FROM a GROUP BY k1 ORDER BY k1 DESC", []Aggregate{GroupBy("k1"), Count("c")}, "not sorted by the merge order"},
 	} {
-		_, err := db.QueryContext(WithAggregate(WithShards(ctx, 1, 9), c.aggs...), c.sql)
+		actx := WithAggregate(WithShards(ctx, 1, 9), c.aggs...)
+		if c.aggs[0].kind == aggGroup {
+			actx = WithMergeOrder(actx, Asc("k1"))
+		}
+		rows, err := db.QueryContext(actx, c.sql)
+		if err == nil {
+			for rows.Next() {
+			}
+			err = rows.Err()
+			rows.Close()
+		}
 		if !errors.Is(err, ErrAggregate) || !strings.Contains(err.Error(), c.want) || strings.Count(err.Error(), "hv: ") != 1 {
 			t.Errorf("%s: err = %v, want ErrAggregate with %s", c.sql, err, c.want)
 		}
