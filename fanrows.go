@@ -209,10 +209,14 @@ func readShard(ctx context.Context, s *session, pl *placement, index int, query 
 	n := len(h.cols)
 	var batch [][]driver.Value
 	var backing []driver.Value
+	// Batches start at one row and grow to batchRows: most fan-outs read a
+	// row or a few from each shard, and a full batch for those would be
+	// mostly empty allocation.
+	size := 1
 	for {
 		if backing == nil {
-			backing = make([]driver.Value, batchRows*n)
-			batch = make([][]driver.Value, 0, batchRows)
+			backing = make([]driver.Value, size*n)
+			batch = make([][]driver.Value, 0, size)
 		}
 		dest := backing[len(batch)*n : (len(batch)+1)*n : (len(batch)+1)*n]
 		err := rows.Next(dest)
@@ -228,11 +232,12 @@ func readShard(ctx context.Context, s *session, pl *placement, index int, query 
 			}
 		}
 		batch = append(batch, dest)
-		if len(batch) == batchRows {
+		if len(batch) == size {
 			if !send(shardMsg{shard: index, rows: batch}) {
 				return context.Cause(ctx)
 			}
 			batch, backing = nil, nil
+			size = min(4*size, batchRows)
 		}
 	}
 	if len(batch) > 0 && !send(shardMsg{shard: index, rows: batch}) {
