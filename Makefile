@@ -6,7 +6,7 @@ BENCHSTAT  = $(shell $(GO) env GOPATH)/bin/benchstat
 
 .PHONY: test fmt vet demo bench fuzz soak
 
-EXAMPLES = examples/gorm examples/bun examples/golang-migrate examples/ent
+EXAMPLES = examples/gorm examples/bun examples/golang-migrate examples/ent examples/sqlc
 
 ## test: gofmt check, go vet, and every test under the race detector, also
 ## in the nested example modules
