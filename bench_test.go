@@ -176,12 +176,16 @@ func BenchmarkFanOut(b *testing.B) {
 	ctx := context.Background()
 	const q = "SELECT id, shard, note FROM t WHERE id = 0"
 	b.Run("via=single", func(b *testing.B) { benchRows(b, db, WithShard(ctx, 5), 1, q) })
-	b.Run("via=fanout16", func(b *testing.B) { benchRows(b, db, WithAllShards(ctx), 16, q) })
+	b.Run("via=fanout16", func(b *testing.B) {
+		defer reportCPU(b)()
+		benchRows(b, db, WithAllShards(ctx), 16, q)
+	})
 
 	// The floor on this machine: the same 16 queries sent directly through
 	// pgx from 16 goroutines (schema-qualified, no routing, no merging).
 	direct := f.directDBs(b, 10)
 	b.Run("via=direct-parallel16", func(b *testing.B) {
+		defer reportCPU(b)()
 		b.ReportAllocs()
 		for b.Loop() {
 			var wg sync.WaitGroup

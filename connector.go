@@ -31,6 +31,8 @@ type Connector struct {
 	fleet  atomic.Pointer[fleet]
 	closed atomic.Bool
 	mu     sync.Mutex // serialises Reset and Close
+
+	workers workers // fan-out shard workers, kept between fan-outs
 }
 
 // fleet is one generation of the shard map and its host pools. Reconfigure
@@ -317,6 +319,7 @@ func (c *Connector) Close() error {
 		return nil
 	}
 	c.fleet.Load().close()
+	c.workers.close()
 	return nil
 }
 

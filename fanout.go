@@ -236,7 +236,9 @@ func (c *conn) fanOutExec(ctx context.Context, route shardRoute, query string, a
 		wg     sync.WaitGroup
 	)
 	for i, pl := range p.places {
-		wg.Go(func() {
+		wg.Add(1)
+		p.connector.workers.run(func() {
+			defer wg.Done()
 			var n int64
 			err := p.onShard(ctx, pl, func(s *session, pl *placement) error {
 				res, err := s.exec(ctx, pl, query, p.argsFor(i, args))

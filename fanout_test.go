@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -268,7 +267,7 @@ func TestFanOutColumnMismatchAndFailingShard(t *testing.T) {
 
 func TestFanOutCancellationReturnsEveryConnection(t *testing.T) {
 	_, db := fanOutFleet(t, 0, "pool_max=4")
-	before := runtime.NumGoroutine()
+	before := busyGoroutines(t, db)
 	for _, cancelHow := range []string{"close", "cancel"} {
 		ctx, cancel := context.WithCancel(context.Background())
 		rows, err := db.QueryContext(WithAllShards(ctx), "SELECT g FROM generate_series(1, 10000000) g")
@@ -297,10 +296,10 @@ func TestFanOutCancellationReturnsEveryConnection(t *testing.T) {
 		}
 	}
 	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > before+2 && time.Now().Before(deadline) {
+	for busyGoroutines(t, db) > before+2 && time.Now().Before(deadline) {
 		time.Sleep(20 * time.Millisecond)
 	}
-	if n := runtime.NumGoroutine(); n > before+2 {
+	if n := busyGoroutines(t, db); n > before+2 {
 		t.Errorf("goroutines: %d before, %d after", before, n)
 	}
 }

@@ -166,7 +166,7 @@ func (r *fanRows) start(i int, query string, args []driver.NamedValue, out chan<
 	ctx, cancel := context.WithCancelCause(r.ctx)
 	r.stopShard[i] = cancel
 	r.wg.Add(1)
-	go func() {
+	r.plan.connector.workers.run(func() {
 		defer r.wg.Done()
 		defer cancel(nil)
 		var held []shardMsg
@@ -192,7 +192,7 @@ func (r *fanRows) start(i int, query string, args []driver.NamedValue, out chan<
 			}
 		}
 		out <- shardMsg{shard: i, done: true, err: err} // never dropped: see the protocol
-	}()
+	})
 }
 
 // readShard runs query on s and sends its header and rows in batches.
