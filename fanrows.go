@@ -5,8 +5,8 @@ package hv
 // in arrival order or, with WithMergeOrder, k-way merged by the sort keys.
 //
 // The protocol: a worker sends its shard's header (columns and their
-// types), then batches of rows, and last a message with done set and the
-// shard's error, if any. Header and batches are dropped once the fan-out's
+// types) with its first batch of rows, then further batches, and last a
+// message with done set and the shard's error, if any. Header and batches are dropped once the fan-out's
 // context ends (the worker must not block then); the done message never is:
 // the worker waits until it is taken. Every reader of the rows also watches
 // the context, and Close, which cancels it, takes every done message still
@@ -202,10 +202,11 @@ func readShard(ctx context.Context, s *session, pl *placement, index int, query 
 		return err
 	}
 	defer rows.Close()
+	// The header rides with the first batch (the driver has read the first
+	// row already, so it is no later for it), or alone when there are no
+	// rows: one message fewer per shard.
 	h := headerOf(rows)
-	if !send(shardMsg{shard: index, header: h}) {
-		return context.Cause(ctx)
-	}
+	header := h
 	n := len(h.cols)
 	var batch [][]driver.Value
 	var backing []driver.Value
@@ -233,14 +234,15 @@ func readShard(ctx context.Context, s *session, pl *placement, index int, query 
 		}
 		batch = append(batch, dest)
 		if len(batch) == size {
-			if !send(shardMsg{shard: index, rows: batch}) {
+			if !send(shardMsg{shard: index, header: header, rows: batch}) {
 				return context.Cause(ctx)
 			}
+			header = nil
 			batch, backing = nil, nil
 			size = min(4*size, batchRows)
 		}
 	}
-	if len(batch) > 0 && !send(shardMsg{shard: index, rows: batch}) {
+	if (len(batch) > 0 || header != nil) && !send(shardMsg{shard: index, header: header, rows: batch}) {
 		return context.Cause(ctx)
 	}
 	return rows.Close()
@@ -270,7 +272,7 @@ func (r *fanRows) init() error {
 			if !ok {
 				return r.allFailed()
 			}
-			r.cur = m.rows // a header's rows are nil
+			r.cur = m.rows
 		}
 		return nil
 	}
@@ -286,7 +288,9 @@ func (r *fanRows) init() error {
 			if err := r.shardFailed(st, err); err != nil {
 				return err
 			}
+			continue
 		}
+		st.batch = m.rows
 	}
 	if r.header == nil {
 		return r.allFailed()

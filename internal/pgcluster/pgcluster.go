@@ -32,6 +32,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -406,7 +407,10 @@ func (c *Cluster) Destroy() error {
 }
 
 // killPostmaster is the fallback when pg_ctl stop fails: it sends SIGQUIT
-// (immediate shutdown) to the PID in postmaster.pid.
+// (immediate shutdown) to the PID in postmaster.pid, if that process is
+// still this cluster's postmaster. A postmaster.pid left by a server that
+// died (or by a machine that rebooted) names a PID another process may
+// have now: signalling it would kill that process.
 func (c *Cluster) killPostmaster() {
 	b, err := os.ReadFile(filepath.Join(c.dataDir, "postmaster.pid"))
 	if err != nil {
@@ -414,7 +418,7 @@ func (c *Cluster) killPostmaster() {
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
 	pid, err := strconv.Atoi(strings.TrimSpace(line))
-	if err != nil || pid <= 1 {
+	if err != nil || pid <= 1 || !isPostmasterOf(pid, c.dataDir) {
 		return
 	}
 	_ = syscall.Kill(pid, syscall.SIGQUIT)
@@ -425,6 +429,20 @@ func (c *Cluster) killPostmaster() {
 		time.Sleep(50 * time.Millisecond)
 	}
 	_ = syscall.Kill(pid, syscall.SIGKILL)
+}
+
+// isPostmasterOf reports whether process pid is a postgres server started
+// on dataDir (its command line names the binary and the directory).
+func isPostmasterOf(pid int, dataDir string) bool {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	if len(args) == 0 || filepath.Base(args[0]) != "postgres" {
+		return false
+	}
+	return slices.Contains(args[1:], dataDir)
 }
 
 // startError is returned by startLocked when pg_ctl start fails.

@@ -332,3 +332,28 @@ func BenchmarkStart(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// TestKillPostmasterSignalsOnlyItsServer: the PID in postmaster.pid is
+// signalled only while it is this cluster's server. A stale file naming
+// another process (here the test itself) leaves that process alone.
+func TestKillPostmasterSignalsOnlyItsServer(t *testing.T) {
+	c := startCluster(t, Options{})
+	b, err := os.ReadFile(filepath.Join(c.dataDir, "postmaster.pid"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	pid, err := strconv.Atoi(strings.TrimSpace(line))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !isPostmasterOf(pid, c.dataDir) {
+		t.Errorf("isPostmasterOf(%d, %s) = false for the running server", pid, c.dataDir)
+	}
+	if isPostmasterOf(pid, c.dataDir+"-other") {
+		t.Error("the server counts as another data directory's")
+	}
+	if isPostmasterOf(os.Getpid(), c.dataDir) {
+		t.Error("the test process counts as the postmaster")
+	}
+}
