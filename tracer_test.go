@@ -342,7 +342,7 @@ func TestTracerPoolWait(t *testing.T) {
 type nopTracer struct{}
 
 func (nopTracer) TraceStatementStart(ctx context.Context, _ Statement) context.Context { return ctx }
-func (nopTracer) TraceStatementEnd(context.Context, StatementEnd)                     {}
+func (nopTracer) TraceStatementEnd(context.Context, StatementEnd)                      {}
 
 // TestTracerAllocs checks that tracing costs no allocation of its own: a
 // routed statement allocates as much with a Tracer that does nothing as
