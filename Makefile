@@ -7,12 +7,15 @@ BENCHSTAT  = $(shell $(GO) env GOPATH)/bin/benchstat
 .PHONY: test fmt vet demo bench fuzz soak
 
 EXAMPLES = examples/gorm examples/bun examples/golang-migrate examples/ent examples/sqlc
+# INTEGRATIONS are nested modules too, so that the root module does not
+# depend on OpenTelemetry or the Prometheus client.
+INTEGRATIONS = otelhv promhv
 
 ## test: gofmt check, go vet, and every test under the race detector, also
-## in the nested example modules
+## in the nested example and integration modules
 test: fmt vet
 	$(GO) test -race -count=1 ./...
-	for d in $(EXAMPLES); do (cd $$d && $(GO) vet ./... && $(GO) test -race -count=1 ./...) || exit 1; done
+	for d in $(EXAMPLES) $(INTEGRATIONS); do (cd $$d && $(GO) vet ./... && $(GO) test -race -count=1 ./...) || exit 1; done
 
 fmt:
 	@out=$$(gofmt -l . | grep -v '^testdata/'); \

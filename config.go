@@ -109,6 +109,11 @@ type Config struct {
 	// Logger, when set, receives each statement at Debug level (shard, host,
 	// duration) and pool timeouts at Warn level.
 	Logger *slog.Logger
+	// Tracer, when set, is told about every statement, transaction,
+	// fan-out and wait for a connection (see Tracer; hv/otelhv and
+	// hv/promhv implement it). It is not part of the DSN. Nil costs
+	// nothing.
+	Tracer Tracer
 }
 
 // redactedSecret replaces secret values (passwords) in error messages and String

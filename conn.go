@@ -199,8 +199,9 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if c.rows != nil {
 		return nil, ErrConnBusy
 	}
+	ctx, tr := c.trace(ctx, OpQuery, query) // ended when the rows close
 	if err := c.lease(ctx); err != nil {
-		return nil, err
+		return nil, tr.end(nil, err)
 	}
 	var start time.Time
 	debug := c.connector.debugEnabled(ctx)
@@ -218,10 +219,11 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 		c.connector.logStatement(ctx, c.place, start, err)
 	}
 	if err != nil {
-		return nil, c.fail(err)
+		p := c.place
+		return nil, tr.end(p, c.fail(err))
 	}
 	r := &c.rowsBuf
-	*r = rows{c: c, phys: c.phys, inner: inner}
+	*r = rows{c: c, phys: c.phys, inner: inner, traced: tr}
 	c.rows = r
 	return r, nil
 }
@@ -234,8 +236,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if c.rows != nil {
 		return nil, ErrConnBusy
 	}
+	ctx, tr := c.trace(ctx, OpExec, query)
 	if err := c.lease(ctx); err != nil {
-		return nil, err
+		return nil, tr.end(nil, err)
 	}
 	var start time.Time
 	debug := c.connector.debugEnabled(ctx)
@@ -253,8 +256,10 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		c.connector.logStatement(ctx, c.place, start, err)
 	}
 	if err != nil {
-		return nil, c.fail(err)
+		p := c.place
+		return nil, tr.end(p, c.fail(err))
 	}
+	tr.end(c.place, nil)
 	return res, nil
 }
 
@@ -287,19 +292,22 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if _, ok := fanOutFrom(ctx); ok {
 		return nil, ErrFanOutPinned
 	}
-	if err := c.lease(ctx); err != nil {
-		return nil, err
+	tctx, tr := c.trace(ctx, OpBegin, "BEGIN")
+	if err := c.lease(tctx); err != nil {
+		return nil, tr.end(nil, err)
 	}
 	var itx driver.Tx
 	err := withSession(c.phys, func(s *session) error {
 		var err error
-		itx, err = s.begin(ctx, c.place, opts)
+		itx, err = s.begin(tctx, c.place, opts)
 		return err
 	})
 	if err != nil {
-		return nil, c.fail(err)
+		p := c.place
+		return nil, tr.end(p, c.fail(err))
 	}
-	c.tx = &tx{c: c, inner: itx}
+	tr.end(c.place, nil)
+	c.tx = &tx{c: c, inner: itx, ctx: ctx}
 	return c.tx, nil
 }
 

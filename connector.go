@@ -46,6 +46,7 @@ type fleet struct {
 	keyShards int                        // Config.KeyShards
 	shardFunc func(key any) (int, error) // Config.ShardFunc
 	logger    *slog.Logger               // Config.Logger
+	tracer    Tracer                     // Config.Tracer (tracer.go)
 }
 
 // fleetHost is a host of a fleet and the shards it owns.
@@ -152,6 +153,7 @@ func (c *Connector) newFleet(cfg *Config, keep map[string]*hostPool) (*fleet, er
 		keyShards: cfg.KeyShards,
 		shardFunc: cfg.ShardFunc,
 		logger:    cfg.Logger,
+		tracer:    cfg.Tracer,
 	}
 	var opened []*hostPool
 	var configure []func() // kept pools take cfg's settings once nothing can fail
@@ -162,7 +164,7 @@ func (c *Connector) newFleet(cfg *Config, keep map[string]*hostPool) (*fleet, er
 		// schema on the path needs other sessions.
 		key := cfg.Driver + "\x00" + string(cfg.PoolMode) + "\x00" + cfg.ExtSchema() + "\x00" + connString
 		set := poolSettings{poolMax: cfg.poolMaxOf(hc), shardMax: cfg.ShardMax,
-			blockTimeout: cfg.PoolBlockTimeout, logger: cfg.Logger}
+			blockTimeout: cfg.PoolBlockTimeout, logger: cfg.Logger, tracer: cfg.Tracer}
 		h, ok := keep[key]
 		if ok {
 			delete(keep, key)
@@ -234,6 +236,7 @@ func (c *Connector) openHost(cfg *Config, hc *HostConfig, connString string, set
 	}
 	sc := sessionConnector{inner: ic, txMode: cfg.PoolMode == PoolModeTransaction}
 	h := newHostPool(hc.Name(), sql.OpenDB(&sc), set)
+	h.peer = newPeer(hc)
 	sc.switches = &h.switches
 	return h, nil
 }

@@ -122,6 +122,15 @@
 // its Logger) before NewConnector and sql.OpenDB. Connector.Stats reports
 // each host's pool, waits, timeouts and schema switches.
 //
+// # Tracing and metrics
+//
+// Config.Tracer (see Tracer, FanOutTracer, PoolTracer) is told about every
+// statement, transaction, fan-out and wait for a connection, with its
+// shard, schema and host; unset, it costs nothing. The nested modules
+// github.com/hypervault/hv/otelhv (OpenTelemetry spans and metrics) and
+// github.com/hypervault/hv/promhv (a Prometheus collector) implement it,
+// so that hv itself depends on neither.
+//
 // # Libraries on top
 //
 // Anything that takes a *sql.DB works unchanged, routing by the context it

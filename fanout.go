@@ -3,7 +3,6 @@ package hv
 import (
 	"context"
 	"database/sql/driver"
-	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -122,6 +121,7 @@ type fanOut struct {
 	perHostShards map[*hostPool]int
 	opts          fanOutOptions
 	keyArgs       []any // WithKeys: per place, its shard's keys, bound as $1 (argsFor)
+	traced        fanTrace
 }
 
 // planFanOut places the shards of route on the current fleet.
@@ -196,7 +196,9 @@ func errEveryShardFailed(report *FanOutReport) error {
 // onShard runs fn on a session of pl's host, holding one of the fan-out's
 // slots for that host. A pool that Reconfigure retired meanwhile is left
 // for the shard's new owner. Errors are *ShardError.
-func (p *fanOut) onShard(ctx context.Context, pl *placement, fn func(s *session, pl *placement) error) error {
+func (p *fanOut) onShard(ctx context.Context, pl *placement, fn func(s *session, pl *placement) error) (err error) {
+	ctx, tr := p.traceShard(ctx, pl)
+	defer func() { tr.endShard(pl, err) }()
 	slots := p.slots[pl.host]
 	select {
 	case slots <- struct{}{}:
@@ -215,7 +217,7 @@ func (p *fanOut) onShard(ctx context.Context, pl *placement, fn func(s *session,
 	}
 	defer pl.host.release(sc, slot)
 	err = withSession(sc, func(s *session) error { return fn(s, pl) })
-	if !errors.Is(err, errRowsClosed) {
+	if !stopped(ctx, err) {
 		pl.countStatement(err)
 	}
 	return shardErr(pl.shard, pl.host.name, err)
@@ -229,6 +231,7 @@ func (c *conn) fanOutExec(ctx context.Context, route shardRoute, query string, a
 	if err != nil {
 		return nil, err
 	}
+	ctx = p.trace(ctx, OpExec, query)
 	var (
 		mu     sync.Mutex
 		total  int64
@@ -260,7 +263,9 @@ func (c *conn) fanOutExec(ctx context.Context, route shardRoute, query string, a
 		})
 	}
 	wg.Wait()
-	if err := joinShardErrors(failed); err != nil {
+	err = joinShardErrors(failed)
+	p.traceEnd(err)
+	if err != nil {
 		return nil, err
 	}
 	return driver.RowsAffected(total), nil

@@ -35,6 +35,13 @@ const batchRows = 64
 // when they end normally (closed, or the limit reached).
 var errRowsClosed = errors.New("fan-out rows closed")
 
+// stopped reports whether err ended a shard's query because the fan-out's
+// rows were done with it (the driver may report that as context.Canceled or
+// a bad connection): the shard did not fail.
+func stopped(ctx context.Context, err error) bool {
+	return err != nil && (errors.Is(err, errRowsClosed) || errors.Is(context.Cause(ctx), errRowsClosed))
+}
+
 // shardMsg is what a shard's worker sends (see the protocol above).
 type shardMsg struct {
 	shard  int // index in the plan's places
@@ -132,7 +139,7 @@ func (c *conn) fanOutQuery(ctx context.Context, route shardRoute, query string, 
 	if err != nil {
 		return nil, err
 	}
-	wctx, cancel := context.WithCancelCause(ctx)
+	wctx, cancel := context.WithCancelCause(p.trace(ctx, OpQuery, query))
 	r := &fanRows{plan: p, ctx: wctx, cancel: cancel, headerShard: -1,
 		stopShard: make([]context.CancelCauseFunc, len(p.places))}
 	if len(p.opts.order) > 0 {
@@ -155,6 +162,7 @@ func (c *conn) fanOutQuery(ctx context.Context, route shardRoute, query string, 
 		}
 	}
 	if err := r.init(); err != nil {
+		r.err = err // for the trace
 		r.Close()
 		return nil, err
 	}
@@ -501,6 +509,7 @@ func (r *fanRows) Close() error {
 		}
 	}
 	r.wg.Wait()
+	r.plan.traceEnd(r.err)
 	return nil
 }
 

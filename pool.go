@@ -24,6 +24,7 @@ import (
 // statistics apply as usual.
 type hostPool struct {
 	name     string
+	peer     *Peer  // name's parts, for tracers
 	key      string // what the pool is made of: driver, pool mode, connection string
 	db       *sql.DB
 	conns    *semaphore // pool_max
@@ -51,6 +52,7 @@ type poolSettings struct {
 	shardMax     int // per-shard cap; 0 for none
 	blockTimeout time.Duration
 	logger       *slog.Logger
+	tracer       Tracer // Config.Tracer, told about waits (tracer.go)
 }
 
 // idleConn is a connection hv keeps between statements.
@@ -245,12 +247,22 @@ func (h *hostPool) take(ctx context.Context, set *poolSettings, sem *semaphore, 
 	sc.waitNanos.Add(d)
 	switch {
 	case ok:
-		return nil
 	case err != nil:
-		return &ShardError{Shard: t.shard, Host: h.name, Err: fmt.Errorf("waiting for a connection: %w", err)}
+		err = &ShardError{Shard: t.shard, Host: h.name, Err: fmt.Errorf("waiting for a connection: %w", err)}
+	default:
+		err = h.timedOut(ctx, set, sem, t)
 	}
+	if set.tracer != nil {
+		h.traceWait(ctx, set, t, now, err)
+	}
+	return err
+}
+
+// timedOut counts and logs a wait for sem that ended in the block timeout,
+// and returns its error.
+func (h *hostPool) timedOut(ctx context.Context, set *poolSettings, sem *semaphore, t *placement) error {
 	h.timeouts.Add(1)
-	sc.timeouts.Add(1)
+	t.counters.timeouts.Add(1)
 	limit := fmt.Sprintf("all %d connections of the host", set.poolMax)
 	if sem != h.conns {
 		limit = fmt.Sprintf("the shard's %d connections (shard_max)", set.shardMax)

@@ -14,6 +14,8 @@ type rows struct {
 	phys   *sql.Conn
 	inner  driver.Rows
 	closed bool
+	err    error  // Next's first error, for the trace
+	traced traced // the statement's, ended by Close
 }
 
 var (
@@ -33,7 +35,11 @@ func (r *rows) Next(dest []driver.Value) error {
 	if err == nil || err == io.EOF {
 		return err
 	}
-	return r.wrap(err)
+	err = r.wrap(err)
+	if r.err == nil {
+		r.err = err
+	}
+	return err
 }
 
 // wrap names the shard and host in an error of the rows.
@@ -52,7 +58,13 @@ func (r *rows) Close() error {
 	if r.c.rows == r {
 		r.c.rows = nil
 	}
-	return r.wrap(r.phys.Raw(func(any) error { return r.inner.Close() }))
+	err := r.wrap(r.phys.Raw(func(any) error { return r.inner.Close() }))
+	if r.err != nil {
+		r.traced.end(r.c.place, r.err)
+	} else {
+		r.traced.end(r.c.place, err)
+	}
+	return err
 }
 
 func (r *rows) ColumnTypeDatabaseTypeName(i int) string { return columnDatabaseTypeName(r.inner, i) }

@@ -1,6 +1,7 @@
 package hv
 
 import (
+	"context"
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
@@ -10,22 +11,25 @@ import (
 type tx struct {
 	c     *conn
 	inner driver.Tx
+	ctx   context.Context // BeginTx's: the parent of COMMIT's or ROLLBACK's trace
 }
 
 // Commit commits the transaction. The physical connection goes back to its
 // host when database/sql returns the connection.
-func (t *tx) Commit() error { return t.end(t.inner.Commit) }
+func (t *tx) Commit() error { return t.end(OpCommit, "COMMIT", t.inner.Commit) }
 
 // Rollback aborts the transaction.
-func (t *tx) Rollback() error { return t.end(t.inner.Rollback) }
+func (t *tx) Rollback() error { return t.end(OpRollback, "ROLLBACK", t.inner.Rollback) }
 
-func (t *tx) end(f func() error) error {
+func (t *tx) end(op Op, sql string, f func() error) error {
 	c := t.c
 	if c.tx != t || c.phys == nil {
 		return driver.ErrBadConn
 	}
 	c.tx = nil
-	return c.fail(c.phys.Raw(func(any) error { return f() }))
+	_, tr := c.trace(t.ctx, op, sql)
+	p := c.place
+	return tr.end(p, c.fail(c.phys.Raw(func(any) error { return f() })))
 }
 
 // beginStatement returns the BEGIN statement for opts, as pgx writes it, or

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -86,6 +88,7 @@ func (c *cli) demoCmd(ctx context.Context, args []string) (err error) {
 	say("CreateShards: hstore in hv_ext, and on each of the %d shards its schema, next_id() and entities (GIN on body): %v",
 		total, time.Since(start).Round(time.Millisecond))
 	fmt.Fprintf(out, "   CheckLayout: every shard's key generator uses epoch %s\n", ds.Layout().Epoch().Format(time.RFC3339Nano))
+	setUp := ds.Connector().Stats() // the tour's statements are counted from here
 
 	// Shard 12 when the fleet has it, and one shard of another host.
 	shard := stats[0].Shards.Start
@@ -168,9 +171,45 @@ func (c *cli) demoCmd(ctx context.Context, args []string) (err error) {
 	}
 	say("Fan-out over all %d shards, SELECT count(*) FROM entities -> %s (%s)", total, plural(n, "entity", "entities"), strings.Join(where, ", "))
 
+	say("Where the statements of steps 3 to 7 went (Connector.Stats; each shard of a fan-out counts one):")
+	printWhere(out, ds.Connector().Stats(), setUp, "   ")
 	say("Pool statistics:")
 	printStats(out, ds.Connector().Stats(), "   ")
 	return nil
+}
+
+// printWhere prints, per host, the statements run since base (the Stats
+// of the same Connector taken earlier) and the shards they ran on, busiest
+// first.
+func printWhere(w io.Writer, stats, base []hv.HostStats, indent string) {
+	was := map[string]map[int]hv.ShardStats{}
+	for _, h := range base {
+		was[h.Host] = map[int]hv.ShardStats{}
+		for _, s := range h.ShardStats {
+			was[h.Host][s.Shard] = s
+		}
+	}
+	for _, h := range stats {
+		var n, failed int64
+		var busy []hv.ShardStats
+		for _, s := range h.ShardStats {
+			b := was[h.Host][s.Shard]
+			s.Statements -= b.Statements
+			s.Errors -= b.Errors
+			n += s.Statements
+			failed += s.Errors
+			if s.Statements > 0 {
+				busy = append(busy, s)
+			}
+		}
+		sort.SliceStable(busy, func(i, j int) bool { return busy[i].Statements > busy[j].Statements })
+		var shards []string
+		for _, s := range busy {
+			shards = append(shards, fmt.Sprintf("%d: %d", s.Shard, s.Statements))
+		}
+		fmt.Fprintf(w, "%shost %s: %s (%d failed); by shard %s\n", indent, h.Host,
+			plural(int(n), "statement", "statements"), failed, strings.Join(shards, ", "))
+	}
 }
 
 // countEntities counts the entities of every shard with one fan-out query

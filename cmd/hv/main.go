@@ -15,6 +15,8 @@
 //	get <key>                          print an entity: kind, updated time, body
 //	status                             per host: shard range, reachability, extensions, pool
 //	                                   statistics; shards no host owns; migration version skew
+//	status -watch [-interval D] [-count N] [-top N]
+//	                                   refresh per-host figures and the hottest shards every D (2s)
 //	migrate up|down|status [-dir DIR] [-to V] [-shards LIST] [-concurrency N]
 //	                                   versioned migrations (goose) on every shard
 //	migrate create [-dir DIR] [-seq] NAME [sql|go]
@@ -63,6 +65,9 @@ commands:
   get <key>                           print an entity: kind, updated time and body
   status                              per host: shard range, reachability, extensions, pool statistics;
                                       unowned shards; migration version skew
+  status -watch [-interval D] [-count N] [-top N]
+                                      refresh per-host figures and the N (5) hottest shards every D (2s),
+                                      N times (0: until interrupted), from the servers' statistics
   migrate up|down|status [-dir DIR] [-to V] [-shards LIST] [-concurrency N]
                                       versioned migrations (goose) on every shard; -dir defaults to migrations
   migrate create [-dir DIR] [-seq] NAME [sql|go]
@@ -424,7 +429,8 @@ func hstoreText(h hv.Hstore) string {
 }
 
 func (c *cli) statusCmd(ctx context.Context, args []string) error {
-	if err := noArgs("status", args); err != nil {
+	w, watch, err := statusFlags(args)
+	if err != nil {
 		return err
 	}
 	ds, err := c.open()
@@ -432,6 +438,9 @@ func (c *cli) statusCmd(ctx context.Context, args []string) error {
 		return err
 	}
 	defer ds.Close()
+	if watch {
+		return c.watch(ctx, ds, w) // watch.go
+	}
 	cfg := ds.Connector().Config()
 	var down int
 	for _, h := range ds.Connector().Stats() {

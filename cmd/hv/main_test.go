@@ -215,6 +215,8 @@ func TestDemo(t *testing.T) {
 		"shard 12, added id",
 		"-> 1 entity:",
 		"-> 2 entities (shard ",
+		"Where the statements of steps 3 to 7 went",
+		"statements (0 failed); by shard 12: ",
 		"Pool statistics",
 		"Removed the throwaway servers",
 	} {
