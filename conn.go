@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
+	"math"
 	"time"
 )
 
@@ -143,11 +144,14 @@ func (c *conn) route(ctx context.Context, f *fleet) (int, error) {
 // a key is placed by the same generation; a pool retired by Reconfigure
 // between the two makes the statement route again on the new fleet.
 func (c *conn) lease(ctx context.Context) error {
-	return c.leaseOn(ctx, c.connector.fleet.Load())
+	return c.leaseOn(ctx, c.connector.fleet.Load(), replicaFrom(ctx) && c.tx == nil)
 }
 
-// leaseOn is lease on fleet f, which may be replaced while it runs.
-func (c *conn) leaseOn(ctx context.Context, f *fleet) error {
+// leaseOn is lease on fleet f, which may be replaced while it runs; replica
+// asks for a replica of the shard's host (replica.go). A connection that
+// holds a physical one keeps it, replica or primary: a *sql.Conn stays on
+// one physical connection.
+func (c *conn) leaseOn(ctx context.Context, f *fleet, replica bool) error {
 	for {
 		shard, err := c.route(ctx, f)
 		if err != nil || c.phys != nil {
@@ -160,7 +164,7 @@ func (c *conn) leaseOn(ctx context.Context, f *fleet) error {
 		if err != nil {
 			return err
 		}
-		pc, slot, err := p.host.acquire(ctx, p)
+		p, pc, slot, err := f.acquireFor(ctx, p, replica)
 		if err == errPoolRetired {
 			next := c.connector.fleet.Load()
 			if next == f { // closed, not reconfigured
@@ -220,6 +224,13 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if err != nil {
 		return nil, c.fail(err)
 	}
+	if ryw := rywFrom(ctx); ryw != nil && !c.place.onReplica() && queryWrites(query) {
+		if c.tx != nil {
+			c.tx.ryw = ryw // the position is read after COMMIT
+		} else {
+			ryw.record(c.place, math.MaxUint64) // unknown: the rows hold the connection
+		}
+	}
 	r := &c.rowsBuf
 	*r = rows{c: c, phys: c.phys, inner: inner}
 	c.rows = r
@@ -255,6 +266,13 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if err != nil {
 		return nil, c.fail(err)
 	}
+	if ryw := rywFrom(ctx); ryw != nil && !c.place.onReplica() {
+		if c.tx != nil {
+			c.tx.ryw = ryw // the position is read after COMMIT
+		} else {
+			c.noteWrite(ctx, ryw) // readyourwrites.go
+		}
+	}
 	return res, nil
 }
 
@@ -287,7 +305,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	if _, ok := fanOutFrom(ctx); ok {
 		return nil, ErrFanOutPinned
 	}
-	if err := c.lease(ctx); err != nil {
+	if err := c.leaseOn(ctx, c.connector.fleet.Load(), replicaFrom(ctx) && opts.ReadOnly); err != nil {
 		return nil, err
 	}
 	var itx driver.Tx
@@ -300,6 +318,9 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		return nil, c.fail(err)
 	}
 	c.tx = &tx{c: c, inner: itx}
+	if !opts.ReadOnly && !c.place.onReplica() {
+		c.tx.ryw = rywFrom(ctx)
+	}
 	return c.tx, nil
 }
 

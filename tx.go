@@ -1,6 +1,7 @@
 package hv
 
 import (
+	"context"
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
@@ -10,11 +11,18 @@ import (
 type tx struct {
 	c     *conn
 	inner driver.Tx
+	ryw   *readYourWrites // the unit of work whose write this is, if any (readyourwrites.go)
 }
 
 // Commit commits the transaction. The physical connection goes back to its
 // host when database/sql returns the connection.
-func (t *tx) Commit() error { return t.end(t.inner.Commit) }
+func (t *tx) Commit() error {
+	err := t.end(t.inner.Commit)
+	if c := t.c; err == nil && t.ryw != nil && c.phys != nil {
+		c.noteWrite(context.Background(), t.ryw)
+	}
+	return err
+}
 
 // Rollback aborts the transaction.
 func (t *tx) Rollback() error { return t.end(t.inner.Rollback) }
