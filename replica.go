@@ -97,6 +97,8 @@ type ReplicaStats struct {
 	// Down is set while the replica does not answer its monitor (or a
 	// statement could not connect to it), and before its first poll.
 	Down bool
+	// Polls counts the monitor's polls of the replica, answered or not.
+	Polls int64
 	// DB is the replica pool's statistics.
 	DB sql.DBStats
 }
@@ -120,6 +122,7 @@ type replicaMonitor struct {
 	replay      atomic.Uint64 // replayed LSN at the last poll
 	behindSince atomic.Int64  // unix nanos of the oldest unreplayed primary position; 0: caught up
 	up          atomic.Bool   // answered its last poll (false before the first)
+	polls       atomic.Int64
 	reads       atomic.Int64
 	fallbacks   atomic.Int64
 
@@ -200,6 +203,7 @@ const (
 func (m *replicaMonitor) poll() {
 	ctx, cancel := context.WithTimeout(context.Background(), replicaPollTimeout)
 	defer cancel()
+	defer m.polls.Add(1)
 	m.mu.Lock()
 	primary := m.primary
 	m.mu.Unlock()
@@ -348,7 +352,7 @@ func (rs *replicaSet) stats() []ReplicaStats {
 	for i, h := range rs.pools {
 		m := h.replica
 		st := ReplicaStats{Host: h.name, Reads: m.reads.Load(), Fallbacks: m.fallbacks.Load(),
-			Lag: m.lag(now), Down: !m.up.Load(), DB: h.stats()}
+			Lag: m.lag(now), Down: !m.up.Load(), Polls: m.polls.Load(), DB: h.stats()}
 		if r := m.replay.Load(); r != 0 {
 			st.ReplayLSN = formatLSN(r)
 		}
