@@ -171,8 +171,11 @@ var libpqKeywords = map[string]bool{
 // A segment with shards=A-B describes a host owning the logical shards
 // [A, B), 0 <= A < B <= NumShards. Its other keys are libpq connection
 // keywords handed to the inner driver (database is stored as dbname), except
-// pool_max=N, which overrides the global pool_max for that host. search_path
-// may not be set, neither directly nor through options: hv owns it.
+// pool_max=N, which overrides the global pool_max for that host, and
+// replicas=HOST:PORT[,HOST:PORT...], the host's streaming replicas (see
+// WithReplica). search_path may not be set, neither directly nor through
+// options: hv owns it. libpq's multi-host form (host=a,b port=p,q
+// target_session_attrs=read-write) needs driver pgx.
 //
 // A segment without shards= holds global options: pool_max (default 10),
 // pool_block_timeout (default 5s; a bare number is seconds, or a Go duration
@@ -185,7 +188,9 @@ var libpqKeywords = map[string]bool{
 // session state and makes pgx use unnamed statements, default_query_exec_mode=exec;
 // it needs driver pgx), and ext_schema (the schema of the extensions, after
 // the shard's schema on search_path; default hv_ext, "none" for the shard's
-// schema alone; see Config.ExtensionSchema).
+// schema alone; see Config.ExtensionSchema), and max_replica_lag (how far
+// behind a replica may be before reads skip it; default 1s, a duration as
+// for pool_block_timeout but positive).
 //
 // On failure ParseConfig returns nil and an error wrapping ErrBadConfig that
 // names the offending segment by its 1-based number (counting empty
