@@ -409,3 +409,55 @@ func TestReplicaConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestReplicaReconfigure: Reconfigure adds a host's replicas (reads move to
+// them) and removes them again (reads go to the primary, and the removed
+// replica's pool and monitor are closed once idle).
+func TestReplicaReconfigure(t *testing.T) {
+	rf := newReplicaFleet(t, 1, nil)
+	withReps, err := ParseConfig(rf.dsn("", ""))
+	if err != nil {
+		t.Fatal(err)
+	}
+	without := *withReps
+	without.Hosts = append([]HostConfig(nil), withReps.Hosts...)
+	without.Hosts[0].Replicas = nil
+	c, err := NewConnector(&without)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := sql.OpenDB(c)
+	defer db.Close()
+	read := WithReplica(WithShard(context.Background(), 4))
+	if got := servedBy(t, read, db); got != rf.primary.Port() {
+		t.Fatalf("without replicas the read went to %d", got)
+	}
+	if err := c.Reconfigure(withReps); err != nil {
+		t.Fatal(err)
+	}
+	waitReplicasFit(t, c, time.Second)
+	if got := servedBy(t, read, db); got != rf.standbys[0].Port() {
+		t.Fatalf("with a replica the read went to %d", got)
+	}
+	mon := c.fleet.Load().hosts[0].replicas.pools[0].replica
+	if err := c.Reconfigure(withReps); err != nil { // kept, with its monitor
+		t.Fatal(err)
+	}
+	if again := c.fleet.Load().hosts[0].replicas.pools[0].replica; again != mon {
+		t.Error("an unchanged Reconfigure replaced the replica's pool")
+	}
+	if err := c.Reconfigure(&without); err != nil {
+		t.Fatal(err)
+	}
+	if got := servedBy(t, read, db); got != rf.primary.Port() {
+		t.Fatalf("after removing the replica the read went to %d", got)
+	}
+	waitUntil(t, "the removed replica's monitor to stop", func() bool {
+		select {
+		case <-mon.done:
+			return true
+		default:
+			return false
+		}
+	})
+}
