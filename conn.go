@@ -254,9 +254,17 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		start = time.Now()
 	}
 	var res driver.Result
+	ryw := rywFrom(ctx) // readyourwrites.go
+	noting := ryw != nil && c.tx == nil && !c.place.onReplica()
+	var lsn uint64
+	var lsnOK bool
 	err := withSession(c.phys, func(s *session) error {
 		var err error
-		res, err = s.exec(ctx, c.place, query, args)
+		if noting {
+			res, lsn, lsnOK, err = s.execLSN(ctx, c.place, query, args)
+		} else {
+			res, err = s.exec(ctx, c.place, query, args)
+		}
 		return err
 	})
 	c.place.countStatement(err)
@@ -266,12 +274,13 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if err != nil {
 		return nil, c.fail(err)
 	}
-	if ryw := rywFrom(ctx); ryw != nil && !c.place.onReplica() {
-		if c.tx != nil {
-			c.tx.ryw = ryw // the position is read after COMMIT
-		} else {
-			c.noteWrite(ctx, ryw) // readyourwrites.go
-		}
+	switch {
+	case noting && lsnOK:
+		ryw.record(c.place, lsn)
+	case noting:
+		ryw.record(c.place, math.MaxUint64) // unknown: read the shard from the primary
+	case ryw != nil && c.tx != nil && !c.place.onReplica():
+		c.tx.ryw = ryw // the position is read after COMMIT
 	}
 	return res, nil
 }

@@ -8,16 +8,15 @@ package hv
 // The position is the primary's pg_current_wal_insert_lsn() read on the
 // same connection right after the write (after COMMIT for a transaction):
 // it is at or past the end of the write's WAL, commit record included, so
-// a replica whose replay position reaches it sees the write. That read is
-// one extra round trip per write of the unit (an ExecContext on the
-// primary, or the COMMIT of a read-write transaction), and none for
-// reads: their check is two atomic loads. Units without
-// WithReadYourWrites pay nothing.
+// a replica whose replay position reaches it sees the write. On hv's pgx
+// path an ExecContext with arguments of a statement the connection has
+// prepared carries that read in its own round trip (session_lsn.go);
+// otherwise, and after the COMMIT of a read-write transaction, it costs a
+// round trip of its own. Reads pay a map lookup under a mutex. Units
+// without WithReadYourWrites pay nothing.
 
 import (
 	"context"
-	"database/sql/driver"
-	"io"
 	"math"
 	"sync"
 )
@@ -90,36 +89,17 @@ func (r *readYourWrites) record(p *placement, lsn uint64) {
 	r.writes[p.shard] = rywWrite{primary: p.host, lsn: lsn}
 }
 
-// writeLSNSQL reads the primary's WAL insert position after a write.
-const writeLSNSQL = `SELECT pg_current_wal_insert_lsn()::text`
-
-// noteWrite records, for the unit of work on ctx (if any), the write the
-// connection's session just made on its primary placement, reading its
-// position on the same connection. A failure to read it makes the unit
-// read the shard from the primary.
+// noteWrite records, for unit of work r (if any), the write the
+// connection's session just made on its primary placement (a committed
+// transaction), reading its position on the same connection. A failure to
+// read it makes the unit read the shard from the primary.
 func (c *conn) noteWrite(ctx context.Context, r *readYourWrites) {
 	if r == nil || c.place == nil || c.place.onReplica() {
 		return
 	}
 	lsn := uint64(math.MaxUint64)
 	_ = withSession(c.phys, func(s *session) error {
-		rows, err := s.query(ctx, c.place, writeLSNSQL, nil)
-		if err != nil {
-			return err
-		}
-		defer rows.Close()
-		dest := make([]driver.Value, 1)
-		if err := rows.Next(dest); err != nil && err != io.EOF {
-			return err
-		}
-		var text string
-		switch v := dest[0].(type) {
-		case string:
-			text = v
-		case []byte:
-			text = string(v)
-		}
-		if n, err := parseLSN(text); err == nil {
+		if n, ok := s.readLSN(ctx, c.place); ok {
 			lsn = n
 		}
 		return nil
