@@ -148,3 +148,54 @@ func TestFailover(t *testing.T) {
 		t.Fatalf("reading back after failover: %d rows, %v", n, err)
 	}
 }
+
+// TestFailoverIdle stops the primary while its connections sit idle in
+// the pools and promotes the standby before they are used again: each
+// connection fails at most one statement (it is discarded, with the host's
+// other idle ones), and writes go on on the new primary.
+func TestFailoverIdle(t *testing.T) {
+	rf := newReplicaFleet(t, 1, nil)
+	p, s := rf.primary, rf.standbys[0]
+	multi := fmt.Sprintf("host=127.0.0.1,127.0.0.1 port=%d,%d target_session_attrs=read-write", p.Port(), s.Port())
+	const poolMax = 4
+	_, db := rf.open(t, multi, fmt.Sprintf("pool_max=%d", poolMax))
+	ctx := context.Background()
+	shard := WithShard(ctx, 1)
+	if _, err := db.ExecContext(shard, "CREATE TABLE ev (id bigserial PRIMARY KEY, g int)"); err != nil {
+		t.Fatal(err)
+	}
+	load := func(n int) (failed int) {
+		var mu sync.Mutex
+		var wg sync.WaitGroup
+		for g := range poolMax {
+			wg.Go(func() {
+				for range n {
+					if _, err := db.ExecContext(shard, "INSERT INTO ev (g) VALUES ($1)", g); err != nil {
+						mu.Lock()
+						failed++
+						mu.Unlock()
+					}
+				}
+			})
+		}
+		wg.Wait()
+		return failed
+	}
+	if f := load(50); f != 0 {
+		t.Fatalf("%d writes failed before the failover", f)
+	}
+	if err := p.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	failed := load(50)
+	if failed > poolMax {
+		t.Errorf("%d writes failed after the failover, want at most %d (one per connection)", failed, poolMax)
+	}
+	if f := load(20); f != 0 {
+		t.Errorf("%d writes failed once the broken connections were gone", f)
+	}
+	t.Logf("idle failover: %d of %d writes failed", failed, 50*poolMax)
+}
