@@ -342,7 +342,7 @@ func (f *fleet) acquireFor(ctx context.Context, p *placement, replica bool) (*pl
 	return t, pc, slot, err
 }
 
-// replicaStats returns the statistics of a host's replicas.
+// stats returns the statistics of a host's replicas (nil for none).
 func (rs *replicaSet) stats() []ReplicaStats {
 	if rs == nil {
 		return nil
