@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"database/sql/driver"
 	"errors"
-	"math"
 	"time"
 )
 
@@ -226,9 +225,9 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	}
 	if ryw := rywFrom(ctx); ryw != nil && !c.place.onReplica() && queryWrites(query) {
 		if c.tx != nil {
-			c.tx.ryw = ryw // the position is read after COMMIT
+			c.tx.ryw = ryw // noted at COMMIT
 		} else {
-			ryw.record(c.place, math.MaxUint64) // unknown: the rows hold the connection
+			ryw.record(c.place, time.Time{}, true) // it ends with its rows: unknown
 		}
 	}
 	r := &c.rowsBuf
@@ -254,17 +253,9 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		start = time.Now()
 	}
 	var res driver.Result
-	ryw := rywFrom(ctx) // readyourwrites.go
-	noting := ryw != nil && c.tx == nil && !c.place.onReplica()
-	var lsn uint64
-	var lsnOK bool
 	err := withSession(c.phys, func(s *session) error {
 		var err error
-		if noting {
-			res, lsn, lsnOK, err = s.execLSN(ctx, c.place, query, args)
-		} else {
-			res, err = s.exec(ctx, c.place, query, args)
-		}
+		res, err = s.exec(ctx, c.place, query, args)
 		return err
 	})
 	c.place.countStatement(err)
@@ -274,13 +265,10 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if err != nil {
 		return nil, c.fail(err)
 	}
-	switch {
-	case noting && lsnOK:
-		ryw.record(c.place, lsn)
-	case noting:
-		ryw.record(c.place, math.MaxUint64) // unknown: read the shard from the primary
-	case ryw != nil && c.tx != nil && !c.place.onReplica():
-		c.tx.ryw = ryw // the position is read after COMMIT
+	if ryw := rywFrom(ctx); ryw != nil && c.tx != nil && !c.place.onReplica() {
+		c.tx.ryw = ryw // noted at COMMIT
+	} else {
+		c.noteWrite(ryw) // readyourwrites.go
 	}
 	return res, nil
 }

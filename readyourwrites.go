@@ -1,24 +1,29 @@
 package hv
 
-// Read-your-writes: a unit of work (a request) remembers, per shard, the
-// WAL position of its last write there; its replica reads of that shard go
-// to a replica only once the replica has replayed that position
-// (replicaMonitor.fit), else to the primary.
+// Read-your-writes: a unit of work (a request) remembers, per shard, when
+// its last write there completed; its replica reads of that shard go to a
+// replica only once the replica has replayed a WAL position the primary
+// reached after that write, else to the primary.
 //
-// The position is the primary's pg_current_wal_insert_lsn() read on the
-// same connection right after the write (after COMMIT for a transaction):
-// it is at or past the end of the write's WAL, commit record included, so
-// a replica whose replay position reaches it sees the write. On hv's pgx
-// path an ExecContext with arguments of a statement the connection has
-// prepared carries that read in its own round trip (session_lsn.go);
-// otherwise, and after the COMMIT of a read-write transaction, it costs a
-// round trip of its own. Reads pay a map lookup under a mutex. Units
-// without WithReadYourWrites pay nothing.
+// The write itself costs nothing more: no position is read on its
+// connection. Each replica's monitor samples the primary's
+// pg_current_wal_insert_lsn() every poll, noting when it sent the query
+// (replica.go). A sample sent after the write completed (the client had
+// the write's ReadyForQuery, so its transaction, commit record included,
+// was in the WAL) is at or past the end of the write's WAL; a replica
+// whose replayed position reaches that sample has the write. Only the
+// order of two events of this process (write completed, sample sent) uses
+// the clock, a monotonic one; whether the replica has the write is decided
+// by WAL positions, so a paused replica is never taken for one that has
+// it. The price is latency, not work: a read right after a write goes to
+// the primary until the next sample (replicaPollInterval) has been
+// replayed. A read costs a map lookup under a mutex and a scan of the
+// monitor's recent samples.
 
 import (
 	"context"
-	"math"
 	"sync"
+	"time"
 )
 
 type rywKey struct{}
@@ -36,16 +41,27 @@ func WithReadYourWrites(ctx context.Context) context.Context {
 	return context.WithValue(ctx, rywKey{}, &readYourWrites{})
 }
 
-// readYourWrites is one unit of work's last write position per shard.
+// readYourWrites is one unit of work's last write per shard.
 type readYourWrites struct {
 	mu     sync.Mutex
 	writes map[int]rywWrite
 }
 
-// rywWrite is a write's position on the primary it went to.
+// rywWrite is a unit's last write to a shard: the primary it went to and
+// when it completed, or unknown (read the shard from the primary).
 type rywWrite struct {
 	primary *hostPool
-	lsn     uint64 // math.MaxUint64: unknown, read from the primary
+	done    time.Time
+	unknown bool
+}
+
+// rywNeed is what a replica must have replayed to serve a read: nothing
+// (none), a primary position sampled after done, or more than any replica
+// is known to have (unknown).
+type rywNeed struct {
+	some    bool
+	unknown bool
+	done    time.Time
 }
 
 // rywFrom returns the unit of work on ctx, or nil.
@@ -54,57 +70,43 @@ func rywFrom(ctx context.Context) *readYourWrites {
 	return r
 }
 
-// needs returns the position a replica must have replayed to serve the
-// unit's read of p's shard: 0 when the unit wrote nothing there, the
-// largest position when the write went to another primary than p's (a
-// shard that moved) or its position is unknown. r may be nil.
-func (r *readYourWrites) needs(p *placement) uint64 {
+// need returns what a replica must have replayed to serve the unit's read
+// of p's shard; a write that went to another primary than p's (the shard
+// moved) is unknown. r may be nil.
+func (r *readYourWrites) need(p *placement) rywNeed {
 	if r == nil {
-		return 0
+		return rywNeed{}
 	}
 	r.mu.Lock()
 	w, ok := r.writes[p.shard]
 	r.mu.Unlock()
 	switch {
 	case !ok:
-		return 0
-	case w.primary != p.host:
-		return math.MaxUint64
+		return rywNeed{}
+	case w.unknown || w.primary != p.host:
+		return rywNeed{some: true, unknown: true}
 	}
-	return w.lsn
+	return rywNeed{some: true, done: w.done}
 }
 
-// record notes a write to p's shard at lsn, keeping the later of two
-// positions on the same primary.
-func (r *readYourWrites) record(p *placement, lsn uint64) {
+// record notes a write to p's shard that completed at done, or whose end
+// is unknown. The later write wins; an unknown one stays until a later
+// known one replaces it.
+func (r *readYourWrites) record(p *placement, done time.Time, unknown bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.writes == nil {
 		r.writes = make(map[int]rywWrite)
 	}
-	// An unknown position stays until a known later one replaces it.
-	if w, ok := r.writes[p.shard]; ok && w.primary == p.host && w.lsn != math.MaxUint64 && lsn != math.MaxUint64 && w.lsn > lsn {
-		return
-	}
-	r.writes[p.shard] = rywWrite{primary: p.host, lsn: lsn}
+	r.writes[p.shard] = rywWrite{primary: p.host, done: done, unknown: unknown}
 }
 
-// noteWrite records, for unit of work r (if any), the write the
-// connection's session just made on its primary placement (a committed
-// transaction), reading its position on the same connection. A failure to
-// read it makes the unit read the shard from the primary.
-func (c *conn) noteWrite(ctx context.Context, r *readYourWrites) {
-	if r == nil || c.place == nil || c.place.onReplica() {
-		return
+// noteWrite records, for unit r (if any), that the connection's statement
+// or transaction on its primary placement has just completed a write.
+func (c *conn) noteWrite(r *readYourWrites) {
+	if r != nil && c.place != nil && !c.place.onReplica() {
+		r.record(c.place, time.Now(), false)
 	}
-	lsn := uint64(math.MaxUint64)
-	_ = withSession(c.phys, func(s *session) error {
-		if n, ok := s.readLSN(ctx, c.place); ok {
-			lsn = n
-		}
-		return nil
-	})
-	r.record(c.place, lsn)
 }
 
 // queryWrites reports whether a statement sent with QueryContext may write:

@@ -10,9 +10,10 @@ package hv
 // replica's replayed position (pg_last_wal_replay_lsn) over connections of
 // its own. From the two it keeps:
 //
-//   - the replayed LSN, which read-your-writes compares with a write's LSN
-//     (readyourwrites.go): LSNs, never time, decide whether a replica has a
-//     given write;
+//   - the replayed LSN and the primary's recent positions, with when each
+//     was sampled: read-your-writes (readyourwrites.go) serves a unit's
+//     read from the replica once it has replayed a position sampled after
+//     the unit's write;
 //   - since when the replica is behind: the time of the oldest primary
 //     position the replica has not replayed. Its lag is how long ago that
 //     was, so a paused replica's lag grows while the primary writes, and a
@@ -126,10 +127,19 @@ type replicaMonitor struct {
 	reads       atomic.Int64
 	fallbacks   atomic.Int64
 
-	samples []lsnSample
-	stop    chan struct{}
-	done    chan struct{}
+	samples []lsnSample // the primary's positions not yet replayed (poll goroutine only)
+
+	recentMu sync.Mutex
+	recent   []lsnSample // the primary's last maxRecentSamples positions, oldest first
+
+	stop chan struct{}
+	done chan struct{}
 }
+
+// maxRecentSamples is how many of the primary's positions a monitor keeps
+// for read-your-writes: a write older than all of them is judged by the
+// oldest, which is later than the write and so still safe.
+const maxRecentSamples = 32
 
 // newReplicaMonitor starts monitoring the replica reached through ic.
 func newReplicaMonitor(ic driver.Connector) *replicaMonitor {
@@ -190,10 +200,13 @@ func (m *replicaMonitor) run() {
 	}
 }
 
-// The positions a monitor reads. A promoted replica replays nothing more:
-// it then has everything it will ever serve, up to its own position.
+// The positions a monitor reads: the primary's insert position (WAL of
+// every transaction that has ended, flushed or not: with asynchronous
+// commit the write position may be short of a commit already reported),
+// and the replica's replay position. A promoted replica replays nothing
+// more: it then has everything it will ever serve, up to its own position.
 const (
-	primaryLSNSQL = `SELECT pg_current_wal_lsn()::text`
+	primaryLSNSQL = `SELECT pg_current_wal_insert_lsn()::text`
 	replayLSNSQL  = `SELECT (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END)::text`
 )
 
@@ -215,6 +228,12 @@ func (m *replicaMonitor) poll() {
 			if n := len(m.samples); n == 0 || m.samples[n-1].lsn < p {
 				m.samples = append(m.samples, lsnSample{at: now, lsn: p})
 			}
+			m.recentMu.Lock()
+			if len(m.recent) == maxRecentSamples {
+				m.recent = append(m.recent[:0], m.recent[1:]...)
+			}
+			m.recent = append(m.recent, lsnSample{at: now, lsn: p})
+			m.recentMu.Unlock()
 		}
 	}
 	r, err := queryLSN(ctx, m.db, replayLSNSQL)
@@ -254,9 +273,33 @@ func (m *replicaMonitor) lag(now time.Time) time.Duration {
 }
 
 // fit reports whether the replica may serve a read now: up, within maxLag,
-// and at or past lsn (0: no write to wait for).
-func (m *replicaMonitor) fit(now time.Time, maxLag time.Duration, lsn uint64) bool {
-	return m.up.Load() && m.lag(now) <= maxLag && m.replay.Load() >= lsn
+// and, for a unit of work that wrote, past a primary position sampled
+// after the write.
+func (m *replicaMonitor) fit(now time.Time, maxLag time.Duration, need rywNeed) bool {
+	if !m.up.Load() || m.lag(now) > maxLag {
+		return false
+	}
+	if !need.some {
+		return true
+	}
+	if need.unknown {
+		return false
+	}
+	lsn, ok := m.sampledAfter(need.done)
+	return ok && m.replay.Load() >= lsn
+}
+
+// sampledAfter returns the first of the primary's recent positions whose
+// query was sent after t.
+func (m *replicaMonitor) sampledAfter(t time.Time) (uint64, bool) {
+	m.recentMu.Lock()
+	defer m.recentMu.Unlock()
+	for _, s := range m.recent {
+		if s.at.After(t) {
+			return s.lsn, true
+		}
+	}
+	return 0, false
 }
 
 // markDown records that a statement could not reach the replica: reads
@@ -308,12 +351,12 @@ func (f *fleet) forRead(ctx context.Context, p *placement) *placement {
 	if n == 0 {
 		return p
 	}
-	lsn := rywFrom(ctx).needs(p) // readyourwrites.go
+	need := rywFrom(ctx).need(p) // readyourwrites.go
 	now := time.Now()
 	turn := int(p.replicaSet.next.Add(1))
 	for i := range n {
 		r := p.replicas[(turn+i)%n]
-		if r.host.replica.fit(now, f.maxReplicaLag, lsn) {
+		if r.host.replica.fit(now, f.maxReplicaLag, need) {
 			r.host.replica.reads.Add(1)
 			return r
 		}

@@ -1,7 +1,6 @@
 package hv
 
 import (
-	"context"
 	"database/sql"
 	"database/sql/driver"
 	"fmt"
@@ -18,8 +17,8 @@ type tx struct {
 // host when database/sql returns the connection.
 func (t *tx) Commit() error {
 	err := t.end(t.inner.Commit)
-	if c := t.c; err == nil && t.ryw != nil && c.phys != nil {
-		c.noteWrite(context.Background(), t.ryw)
+	if err == nil && t.ryw != nil {
+		t.c.noteWrite(t.ryw) // readyourwrites.go
 	}
 	return err
 }
