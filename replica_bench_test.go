@@ -12,18 +12,26 @@ import (
 // report each side's median (and their ratio): on a shared, loaded machine
 // only figures measured side by side compare.
 
-// sideBySide runs a and b alternately b.N times each and reports the median
+// sideBySide runs a and bf alternately b.N times each and reports the median
 // nanoseconds of each as metrics named an and bn, and b's median over a's.
 func sideBySide(b *testing.B, an string, a func(i int), bn string, bf func(i int)) {
 	b.Helper()
 	ta := make([]time.Duration, 0, b.N)
 	tb := make([]time.Duration, 0, b.N)
 	for i := 0; i < b.N; i++ {
+		first, second := a, bf // alternate which goes first: no side gains from its place
+		if i%2 == 1 {
+			first, second = bf, a
+		}
 		start := time.Now()
-		a(i)
+		first(i)
 		mid := time.Now()
-		bf(i)
-		ta, tb = append(ta, mid.Sub(start)), append(tb, time.Since(mid))
+		second(i)
+		d1, d2 := mid.Sub(start), time.Since(mid)
+		if i%2 == 1 {
+			d1, d2 = d2, d1
+		}
+		ta, tb = append(ta, d1), append(tb, d2)
 	}
 	slices.Sort(ta)
 	slices.Sort(tb)
