@@ -17,6 +17,9 @@ const (
 	DefaultPoolBlockTimeout = 5 * time.Second
 	DefaultSchemaPattern    = "shard%04d"
 	DefaultDriver           = "pgx"
+	// DefaultMaxReplicaLag bounds how stale a replica may be before reads
+	// skip it (Config.MaxReplicaLag zero, DSN max_replica_lag unset).
+	DefaultMaxReplicaLag = time.Second
 )
 
 // Pool modes (Config.PoolMode, DSN pool_mode).
@@ -58,6 +61,11 @@ type HostConfig struct {
 	Params map[string]string
 	// PoolMax overrides Config.PoolMax for this host when > 0.
 	PoolMax int
+	// Replicas lists the host's streaming replicas as "HOST:PORT"
+	// addresses (DSN replicas=HOST:PORT[,HOST:PORT...]); every other
+	// connection keyword is the host's. Statements on WithReplica
+	// contexts read from them (replica.go).
+	Replicas []string
 }
 
 // Config is a parsed hv DSN. Build one with ParseConfig, adjust it, and pass
@@ -106,6 +114,10 @@ type Config struct {
 	// CreateShards and Datastore.CheckExtensions check that. It may not be
 	// public, whose tables a shard's missing table would then read.
 	ExtensionSchema string
+	// MaxReplicaLag is how far behind its primary a replica may be before
+	// reads skip it for the primary (DSN max_replica_lag). Zero means
+	// DefaultMaxReplicaLag (1s).
+	MaxReplicaLag time.Duration
 	// Logger, when set, receives each statement at Debug level (shard, host,
 	// duration) and pool timeouts at Warn level.
 	Logger *slog.Logger
@@ -125,7 +137,7 @@ var secretParams = map[string]bool{"password": true, "sslpassword": true}
 
 // dsnGlobalKeys are the options of a segment without shards=, in the order
 // errors list them.
-var dsnGlobalKeys = []string{"pool_max", "pool_block_timeout", "driver", "schema", "epoch", "num_shards", "shard_max", "pool_mode", "ext_schema"}
+var dsnGlobalKeys = []string{"pool_max", "pool_block_timeout", "driver", "schema", "epoch", "num_shards", "shard_max", "pool_mode", "ext_schema", "max_replica_lag"}
 
 // libpqKeywords are the connection keywords libpq documents (plus the "database"
 // alias). Unknown keywords are passed through too; this list only serves
@@ -164,8 +176,11 @@ var libpqKeywords = map[string]bool{
 // A segment with shards=A-B describes a host owning the logical shards
 // [A, B), 0 <= A < B <= NumShards. Its other keys are libpq connection
 // keywords handed to the inner driver (database is stored as dbname), except
-// pool_max=N, which overrides the global pool_max for that host. search_path
-// may not be set, neither directly nor through options: hv owns it.
+// pool_max=N, which overrides the global pool_max for that host, and
+// replicas=HOST:PORT[,HOST:PORT...], the host's streaming replicas (see
+// WithReplica). search_path may not be set, neither directly nor through
+// options: hv owns it. libpq's multi-host form (host=a,b port=p,q
+// target_session_attrs=read-write) needs driver pgx.
 //
 // A segment without shards= holds global options: pool_max (default 10),
 // pool_block_timeout (default 5s; a bare number is seconds, or a Go duration
@@ -178,7 +193,9 @@ var libpqKeywords = map[string]bool{
 // session state and makes pgx use unnamed statements, default_query_exec_mode=exec;
 // it needs driver pgx), and ext_schema (the schema of the extensions, after
 // the shard's schema on search_path; default hv_ext, "none" for the shard's
-// schema alone; see Config.ExtensionSchema).
+// schema alone; see Config.ExtensionSchema), and max_replica_lag (how far
+// behind a replica may be before reads skip it; default 1s, a duration as
+// for pool_block_timeout but positive).
 //
 // On failure ParseConfig returns nil and an error wrapping ErrBadConfig that
 // names the offending segment by its 1-based number (counting empty
@@ -276,6 +293,7 @@ func (c *Config) Validate() error {
 				"driver": "Driver", "schema": "SchemaPattern", "epoch": "Epoch",
 				"num_shards": "KeyShards", "shard_max": "ShardMax",
 				"pool_mode": "PoolMode", "ext_schema": "ExtensionSchema",
+				"max_replica_lag": "MaxReplicaLag",
 			}[key]}
 		},
 	})
@@ -333,6 +351,9 @@ func (c *Config) validate(where cfgPlaces) error {
 	if c.ShardMax < 0 {
 		return where.global("shard_max").errorf("shard_max %d is negative", c.ShardMax)
 	}
+	if c.MaxReplicaLag < 0 {
+		return where.global("max_replica_lag").errorf("max_replica_lag %v is negative", c.MaxReplicaLag)
+	}
 	if !c.Epoch.IsZero() {
 		if c.Epoch.Before(time.Unix(0, 0)) {
 			return where.global("epoch").errorf("epoch %s is before 1970-01-01T00:00:00Z", c.Epoch.Format(time.RFC3339Nano))
@@ -360,6 +381,9 @@ func (c *Config) validate(where cfgPlaces) error {
 				return where.host(i).errorf("%s", msg)
 			}
 		}
+		if msg := checkReplicas(c, &h); msg != "" { // config_replica.go
+			return where.host(i).errorf("%s", msg)
+		}
 	}
 	order := make([]int, len(c.Hosts))
 	for i := range order {
@@ -386,8 +410,8 @@ func checkHostParam(k, v string) string {
 	switch {
 	case !validParamKey(k):
 		return fmt.Sprintf("connection keyword %q is invalid: keys are a lowercase letter or '_' followed by lowercase letters, digits, '_' and '.'", k)
-	case k == "shards" || k == "pool_max":
-		return fmt.Sprintf("%q is an hv option, not a connection keyword: set HostConfig.Shards or HostConfig.PoolMax", k)
+	case k == "shards" || k == "pool_max" || k == "replicas":
+		return fmt.Sprintf("%q is an hv option, not a connection keyword: set HostConfig.Shards, HostConfig.PoolMax or HostConfig.Replicas", k)
 	case slices.Contains(dsnGlobalKeys, k):
 		return fmt.Sprintf("%q is a global option: put it in a segment without shards=", k)
 	case k == "database":
@@ -499,9 +523,7 @@ func (h HostConfig) Name() string {
 	if host == "" {
 		host = "localhost"
 	}
-	if port := h.Params["port"]; port != "" {
-		host += ":" + port
-	}
+	host = hostPorts(host, h.Params["port"]) // config_replica.go: a,b with their ports
 	db := h.Params["dbname"]
 	if db == "" {
 		db = h.Params["database"]
@@ -544,6 +566,9 @@ func (h HostConfig) String() string {
 	}
 	if h.PoolMax != 0 {
 		b.WriteString(" pool_max=" + strconv.Itoa(h.PoolMax))
+	}
+	if len(h.Replicas) > 0 {
+		b.WriteString(" replicas=" + dsnQuote(strings.Join(h.Replicas, ","), false))
 	}
 	return b.String()
 }
@@ -590,6 +615,9 @@ func (c *Config) String() string {
 	}
 	if c.ShardMax != 0 {
 		g = append(g, "shard_max="+strconv.Itoa(c.ShardMax))
+	}
+	if c.MaxReplicaLag != 0 {
+		g = append(g, "max_replica_lag="+c.MaxReplicaLag.String())
 	}
 	return strings.Join(append(segs, strings.Join(g, " ")), "; ")
 }
@@ -767,6 +795,8 @@ func (s *dsnSegment) host(i int) (HostConfig, error) {
 				return h, s.errorf("pool_max=%s: %v", dsnQuote(p.show(p.val), false), err)
 			}
 			h.PoolMax = n
+		case p.key == "replicas" && !p.secret:
+			h.Replicas = splitReplicas(p.val)
 		case p.key == "database":
 			h.Params["dbname"] = p.val
 		default:
@@ -813,6 +843,15 @@ func (s *dsnSegment) global(cfg *Config, p *dsnPair) error {
 		cfg.PoolMode = p.val
 	case p.key == "ext_schema":
 		cfg.ExtensionSchema = p.val
+	case p.key == "max_replica_lag":
+		d, err := dsnTimeout(p.val)
+		if err == nil && d == 0 {
+			err = errors.New("it must be positive")
+		}
+		if err != nil {
+			return s.errorf("max_replica_lag=%s: %v", shown, err)
+		}
+		cfg.MaxReplicaLag = d
 	case p.key == "epoch":
 		t, err := dsnEpoch(p.val)
 		if err != nil {

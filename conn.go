@@ -143,11 +143,14 @@ func (c *conn) route(ctx context.Context, f *fleet) (int, error) {
 // a key is placed by the same generation; a pool retired by Reconfigure
 // between the two makes the statement route again on the new fleet.
 func (c *conn) lease(ctx context.Context) error {
-	return c.leaseOn(ctx, c.connector.fleet.Load())
+	return c.leaseOn(ctx, c.connector.fleet.Load(), replicaFrom(ctx) && c.tx == nil)
 }
 
-// leaseOn is lease on fleet f, which may be replaced while it runs.
-func (c *conn) leaseOn(ctx context.Context, f *fleet) error {
+// leaseOn is lease on fleet f, which may be replaced while it runs; replica
+// asks for a replica of the shard's host (replica.go). A connection that
+// holds a physical one keeps it, replica or primary: a *sql.Conn stays on
+// one physical connection.
+func (c *conn) leaseOn(ctx context.Context, f *fleet, replica bool) error {
 	for {
 		shard, err := c.route(ctx, f)
 		if err != nil || c.phys != nil {
@@ -160,7 +163,7 @@ func (c *conn) leaseOn(ctx context.Context, f *fleet) error {
 		if err != nil {
 			return err
 		}
-		pc, slot, err := p.host.acquire(ctx, p)
+		p, pc, slot, err := f.acquireFor(ctx, p, replica)
 		if err == errPoolRetired {
 			next := c.connector.fleet.Load()
 			if next == f { // closed, not reconfigured
@@ -222,6 +225,13 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 		p := c.place
 		return nil, tr.end(p, c.fail(err))
 	}
+	if ryw := rywFrom(ctx); ryw != nil && !c.place.onReplica() && queryWrites(query) {
+		if c.tx != nil {
+			c.tx.ryw = ryw // noted at COMMIT
+		} else {
+			ryw.record(c.place, time.Time{}, true) // it ends with its rows: unknown
+		}
+	}
 	r := &c.rowsBuf
 	*r = rows{c: c, phys: c.phys, inner: inner, traced: tr}
 	c.rows = r
@@ -260,6 +270,11 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		return nil, tr.end(p, c.fail(err))
 	}
 	tr.end(c.place, nil)
+	if ryw := rywFrom(ctx); ryw != nil && c.tx != nil && !c.place.onReplica() {
+		c.tx.ryw = ryw // noted at COMMIT
+	} else {
+		c.noteWrite(ryw) // readyourwrites.go
+	}
 	return res, nil
 }
 
@@ -293,7 +308,7 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 		return nil, ErrFanOutPinned
 	}
 	tctx, tr := c.trace(ctx, OpBegin, "BEGIN")
-	if err := c.lease(tctx); err != nil {
+	if err := c.leaseOn(tctx, c.connector.fleet.Load(), replicaFrom(ctx) && opts.ReadOnly); err != nil {
 		return nil, tr.end(nil, err)
 	}
 	var itx driver.Tx
@@ -308,6 +323,9 @@ func (c *conn) BeginTx(ctx context.Context, opts driver.TxOptions) (driver.Tx, e
 	}
 	tr.end(c.place, nil)
 	c.tx = &tx{c: c, inner: itx, ctx: ctx}
+	if !opts.ReadOnly && !c.place.onReplica() {
+		c.tx.ryw = rywFrom(ctx)
+	}
 	return c.tx, nil
 }
 

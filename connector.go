@@ -42,17 +42,27 @@ type fleet struct {
 	hosts  []fleetHost  // in configuration order
 	shards []*placement // indexed by shard; nil where no host owns it
 
-	libpq     bool                       // the inner driver is lib/pq: Go slices go as pq.Array
-	keyShards int                        // Config.KeyShards
-	shardFunc func(key any) (int, error) // Config.ShardFunc
-	logger    *slog.Logger               // Config.Logger
-	tracer    Tracer                     // Config.Tracer (tracer.go)
+	libpq         bool                       // the inner driver is lib/pq: Go slices go as pq.Array
+	maxReplicaLag time.Duration              // Config.MaxReplicaLag, defaulted
+	keyShards     int                        // Config.KeyShards
+	shardFunc     func(key any) (int, error) // Config.ShardFunc
+	logger        *slog.Logger               // Config.Logger
+	tracer        Tracer                     // Config.Tracer (tracer.go)
 }
 
 // fleetHost is a host of a fleet and the shards it owns.
 type fleetHost struct {
-	pool   *hostPool
-	shards ShardRange
+	pool     *hostPool
+	shards   ShardRange
+	replicas *replicaSet // nil without replicas (replica.go)
+}
+
+// pools returns the host's pool and its replicas' pools.
+func (h fleetHost) pools() []*hostPool {
+	if h.replicas == nil {
+		return []*hostPool{h.pool}
+	}
+	return append([]*hostPool{h.pool}, h.replicas.pools...)
 }
 
 // placement is where one shard lives in a fleet: its host and schema, the
@@ -66,6 +76,11 @@ type placement struct {
 	setPath   string
 	localPath string
 	counters  *shardCounters
+
+	// On a primary's placement, the shard's placements on the host's
+	// replicas and whose turn it is (replica.go); nil on a replica's.
+	replicas   []*placement
+	replicaSet *replicaSet
 }
 
 // place returns shard's placement, or a *ShardError wrapping
@@ -113,6 +128,9 @@ type HostStats struct {
 	SchemaSwitches int64
 	// Shards has the counters of each shard the host owns, in shard order.
 	ShardStats []ShardStats
+	// Replicas describes the host's streaming replicas, in configuration
+	// order (replica.go).
+	Replicas []ReplicaStats
 }
 
 // NewConnector validates cfg and opens one pool per host. No connection is
@@ -148,12 +166,13 @@ func newConnector(cfg *Config, inner innerConnectorFunc) (*Connector, error) {
 // settings applied in place; it removes what it takes from keep.
 func (c *Connector) newFleet(cfg *Config, keep map[string]*hostPool) (*fleet, error) {
 	f := &fleet{
-		shards:    make([]*placement, NumShards),
-		libpq:     cfg.Driver == "postgres",
-		keyShards: cfg.KeyShards,
-		shardFunc: cfg.ShardFunc,
-		logger:    cfg.Logger,
-		tracer:    cfg.Tracer,
+		shards:        make([]*placement, NumShards),
+		libpq:         cfg.Driver == "postgres",
+		keyShards:     cfg.KeyShards,
+		shardFunc:     cfg.ShardFunc,
+		logger:        cfg.Logger,
+		tracer:        cfg.Tracer,
+		maxReplicaLag: cfg.maxReplicaLag(),
 	}
 	var opened []*hostPool
 	var configure []func() // kept pools take cfg's settings once nothing can fail
@@ -181,13 +200,21 @@ func (c *Connector) newFleet(cfg *Config, keep map[string]*hostPool) (*fleet, er
 			opened = append(opened, h)
 		}
 		h.shards.Store(int64(hc.Shards.End - hc.Shards.Start))
-		f.hosts = append(f.hosts, fleetHost{pool: h, shards: hc.Shards})
+		rs, err := c.openReplicas(cfg, hc, connString, set, keep, &opened, &configure)
+		if err != nil {
+			for _, h := range opened {
+				_ = h.close()
+			}
+			return nil, err
+		}
+		f.hosts = append(f.hosts, fleetHost{pool: h, shards: hc.Shards, replicas: rs})
 		for s := hc.Shards.Start; s < hc.Shards.End; s++ {
 			schema := cfg.SchemaName(s)
 			f.shards[s] = &placement{shard: s, host: h, schema: schema,
 				setPath:   searchPathSQL(false, schema, cfg.ExtSchema()),
 				localPath: searchPathSQL(true, schema, cfg.ExtSchema()),
 				counters:  h.counters(s)}
+			placeReplicas(f.shards[s], rs)
 		}
 	}
 	for _, apply := range configure {
@@ -276,15 +303,19 @@ func innerConfigErr(err error) string {
 
 func (f *fleet) close() {
 	for _, h := range f.hosts {
-		_ = h.pool.close()
+		for _, p := range h.pools() {
+			_ = p.close()
+		}
 	}
 }
 
 // retire closes the pools of f that are not in keep once they are idle.
 func (f *fleet) retire(keep map[*hostPool]bool) {
 	for _, h := range f.hosts {
-		if !keep[h.pool] {
-			h.pool.retire()
+		for _, p := range h.pools() {
+			if !keep[p] {
+				p.retire()
+			}
 		}
 	}
 }
@@ -372,7 +403,9 @@ func (c *Connector) Reconfigure(cfg *Config) error {
 	old := c.fleet.Load()
 	keep := make(map[string]*hostPool, len(old.hosts))
 	for _, h := range old.hosts {
-		keep[h.pool.key] = h.pool
+		for _, p := range h.pools() {
+			keep[p.key] = p
+		}
 	}
 	f, err := c.newFleet(&next, keep)
 	if err != nil {
@@ -380,7 +413,9 @@ func (c *Connector) Reconfigure(cfg *Config) error {
 	}
 	kept := make(map[*hostPool]bool, len(f.hosts))
 	for _, h := range f.hosts {
-		kept[h.pool] = true
+		for _, p := range h.pools() {
+			kept[p] = true
+		}
 	}
 	c.cfg = next
 	c.fleet.Store(f)
@@ -405,6 +440,7 @@ func (c *Connector) Stats() []HostStats {
 			Timeouts:       h.timeouts.Load(),
 			SchemaSwitches: h.switches.Load(),
 			ShardStats:     h.shardStats(fh.shards),
+			Replicas:       fh.replicas.stats(),
 		}
 	}
 	return out

@@ -143,7 +143,7 @@ func TestLeaseOnRetiredPool(t *testing.T) {
 		t.Fatalf("acquire on the retired pool: %v, want errPoolRetired", err)
 	}
 	cn := &conn{connector: c, intended: -1}
-	if err := cn.leaseOn(WithShard(ctx, 9), stale); err != nil {
+	if err := cn.leaseOn(WithShard(ctx, 9), stale, false); err != nil {
 		t.Fatalf("a statement placed on the old fleet: %v", err)
 	}
 	defer cn.release()

@@ -122,6 +122,7 @@ type fanOut struct {
 	opts          fanOutOptions
 	keyArgs       []any // WithKeys: per place, its shard's keys, bound as $1 (argsFor)
 	traced        fanTrace
+	replica       bool // WithReplica: places are on replicas where one is fit
 }
 
 // planFanOut places the shards of route on the current fleet.
@@ -138,6 +139,7 @@ func (c *conn) planFanOut(ctx context.Context, route shardRoute) (*fanOut, error
 		slots:         map[*hostPool]chan struct{}{},
 		perHostShards: map[*hostPool]int{},
 		opts:          fanOutOptionsFrom(ctx),
+		replica:       replicaFrom(ctx),
 	}
 	shards := f.owned()
 	var keyArgs map[int]any
@@ -163,6 +165,9 @@ func (c *conn) planFanOut(ctx context.Context, route shardRoute) (*fanOut, error
 			}
 			p.opts.report.record(s, err) // partial results: skip it
 			continue
+		}
+		if p.replica { // replica.go: a fit replica's placement, when there is one
+			pl = f.forRead(ctx, pl)
 		}
 		p.places = append(p.places, pl)
 		if keyArgs != nil {
@@ -207,9 +212,16 @@ func (p *fanOut) onShard(ctx context.Context, pl *placement, fn func(s *session,
 	}
 	defer func() { <-slots }()
 	sc, slot, err := pl.host.acquire(ctx, pl)
+	if err != nil && err != errPoolRetired && pl.onReplica() && ctx.Err() == nil {
+		// The replica cannot be reached: read the shard from the primary.
+		pl.host.replica.markDown()
+		pl.host.replica.fallbacks.Add(1)
+		err = errPoolRetired
+	}
 	for err == errPoolRetired {
-		if pl, err = p.connector.fleet.Load().place(pl.shard); err == nil {
-			sc, slot, err = pl.host.acquire(ctx, pl)
+		f := p.connector.fleet.Load()
+		if pl, err = f.place(pl.shard); err == nil {
+			pl, sc, slot, err = f.acquireFor(ctx, pl, p.replica)
 		}
 	}
 	if err != nil {

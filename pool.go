@@ -43,6 +43,8 @@ type hostPool struct {
 	timeouts  atomic.Int64
 	switches  atomic.Int64 // search_path switches sent
 	perShard  [NumShards]atomic.Pointer[shardCounters]
+
+	replica *replicaMonitor // set on a replica's pool (replica.go), nil on a primary's
 }
 
 // poolSettings are the settings of a host's pool that Reconfigure changes in
@@ -396,6 +398,9 @@ func (h *hostPool) close() error {
 	h.mu.Unlock()
 	for _, ic := range idle {
 		_ = ic.conn.Close()
+	}
+	if h.replica != nil {
+		h.replica.close()
 	}
 	return h.db.Close()
 }

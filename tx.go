@@ -12,11 +12,18 @@ type tx struct {
 	c     *conn
 	inner driver.Tx
 	ctx   context.Context // BeginTx's: the parent of COMMIT's or ROLLBACK's trace
+	ryw   *readYourWrites // the unit of work whose write this is, if any (readyourwrites.go)
 }
 
 // Commit commits the transaction. The physical connection goes back to its
 // host when database/sql returns the connection.
-func (t *tx) Commit() error { return t.end(OpCommit, "COMMIT", t.inner.Commit) }
+func (t *tx) Commit() error {
+	err := t.end(OpCommit, "COMMIT", t.inner.Commit)
+	if err == nil && t.ryw != nil {
+		t.c.noteWrite(t.ryw) // readyourwrites.go
+	}
+	return err
+}
 
 // Rollback aborts the transaction.
 func (t *tx) Rollback() error { return t.end(OpRollback, "ROLLBACK", t.inner.Rollback) }

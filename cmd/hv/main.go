@@ -13,7 +13,7 @@
 //	key <id>                           decode a key: created time, shard, added id (no database needed)
 //	put -shard N -kind K key=value ... store an entity and print its key
 //	get <key>                          print an entity: kind, updated time, body
-//	status                             per host: shard range, reachability, extensions, pool
+//	status                             per host: shard range, reachability, extensions, pool, replicas
 //	                                   statistics; shards no host owns; migration version skew
 //	status -watch [-interval D] [-count N] [-top N]
 //	                                   refresh per-host figures and the hottest shards every D (2s)
@@ -63,7 +63,8 @@ commands:
   key <id>                            decode a key: created time, shard, added id (no database needed)
   put -shard N -kind K key=value ...  store an entity and print its key
   get <key>                           print an entity: kind, updated time and body
-  status                              per host: shard range, reachability, extensions, pool statistics;
+  status                              per host: shard range, reachability, extensions, pool statistics,
+                                      replicas (up or down, lag, reads, fallbacks);
                                       unowned shards; migration version skew
   status -watch [-interval D] [-count N] [-top N]
                                       refresh per-host figures and the N (5) hottest shards every D (2s),
@@ -467,6 +468,7 @@ func (c *cli) statusCmd(ctx context.Context, args []string) error {
 		problems = append(problems, c.statusMigrations(ctx, ds)...)
 	}
 	printStats(c.stdout, ds.Connector().Stats(), "")
+	problems = append(problems, statusReplicas(ctx, c.stdout, ds.Connector())...) // replicas.go
 	if down > 0 {
 		return fmt.Errorf("%d of %d hosts are down", down, len(cfg.Hosts))
 	}

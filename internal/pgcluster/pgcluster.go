@@ -234,6 +234,12 @@ func tempRoot() string {
 // the server include the tail of its log. If the binaries cannot be found
 // the error wraps ErrNoBinaries.
 func Start(ctx context.Context, opts Options) (*Cluster, error) {
+	return start(ctx, opts, (*Cluster).initDataDir)
+}
+
+// start is Start with the step that fills the data directory given: initdb
+// (or its cached copy) for Start, pg_basebackup for StartStandby.
+func start(ctx context.Context, opts Options, fill func(*Cluster, context.Context) error) (*Cluster, error) {
 	if opts.Port < 0 || opts.Port > 65535 {
 		return nil, fmt.Errorf("pgcluster: invalid port %d", opts.Port)
 	}
@@ -292,7 +298,7 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		}
 	}
 
-	if err := c.initDataDir(ctx); err != nil {
+	if err := fill(c, ctx); err != nil {
 		return nil, err
 	}
 
