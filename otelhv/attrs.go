@@ -22,6 +22,9 @@ const (
 	// HostKey is the host as hv names it in errors and Stats
 	// ("host:port/dbname").
 	HostKey = attribute.Key("hv.host")
+	// ReplicaKey is a streaming replica of the host, as hv names it in
+	// Stats ("host:port/dbname"), on the replica metrics.
+	ReplicaKey = attribute.Key("hv.replica")
 	// OperationKey is hv's operation: query, exec, begin, commit or
 	// rollback.
 	OperationKey = attribute.Key("hv.operation")

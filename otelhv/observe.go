@@ -42,6 +42,12 @@ func (t *Tracer) Observe(c *hv.Connector) (metric.Registration, error) {
 	waitTime, err := m.Float64ObservableCounter("hv.pool.wait_time", metric.WithUnit("s"),
 		metric.WithDescription("Total time statements waited for a connection."))
 	errs = append(errs, err)
+	replicaReads := counter("hv.replica.reads", "{read}", "Reads the replica was chosen for.")
+	replicaFallbacks := counter("hv.replica.fallbacks", "{read}", "Reads in the replica's turn that went to the primary: no replica was fit (down, lagging past max_replica_lag, or behind the unit's write).")
+	replicaDown := gauge("hv.replica.down", "{replica}", "1 while the replica does not answer its monitor, else 0.")
+	replicaLag, err := m.Float64ObservableGauge("hv.replica.lag", metric.WithUnit("s"),
+		metric.WithDescription("How long ago the primary had WAL the replica had not replayed, at the last poll."))
+	errs = append(errs, err)
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
@@ -58,6 +64,17 @@ func (t *Tracer) Observe(c *hv.Connector) (metric.Registration, error) {
 			o.ObserveInt64(maxConns, int64(h.PoolMax), with())
 			o.ObserveInt64(shards, int64(h.Shards.Len()), with())
 			o.ObserveFloat64(waitTime, h.WaitDuration.Seconds(), with())
+			for _, r := range h.Replicas {
+				replica := with(ReplicaKey.String(r.Host))
+				o.ObserveInt64(replicaReads, r.Reads, replica)
+				o.ObserveInt64(replicaFallbacks, r.Fallbacks, replica)
+				o.ObserveFloat64(replicaLag, r.Lag.Seconds(), replica)
+				down := int64(0)
+				if r.Down {
+					down = 1
+				}
+				o.ObserveInt64(replicaDown, down, replica)
+			}
 			if !t.shardMetrics {
 				var st hv.ShardStats
 				for _, s := range h.ShardStats {
@@ -84,5 +101,6 @@ func (t *Tracer) Observe(c *hv.Connector) (metric.Registration, error) {
 			}
 		}
 		return nil
-	}, conns, maxConns, timeouts, waits, statements, failed, switches, shards, waitTime)
+	}, conns, maxConns, timeouts, waits, statements, failed, switches, shards, waitTime,
+		replicaReads, replicaFallbacks, replicaDown, replicaLag)
 }

@@ -29,7 +29,9 @@
 // idle), db.client.connection.max and db.client.connection.timeouts per host
 // (db.client.connection.pool.name is hv's host name); and hv.statements,
 // hv.statement.errors, hv.schema.switches, hv.pool.waits, hv.pool.wait_time
-// and hv.host.shards (from Observe). Per-shard attributes on metrics
+// and hv.host.shards (from Observe), and per replica (hv.replica)
+// hv.replica.reads, hv.replica.fallbacks, hv.replica.lag and
+// hv.replica.down. Per-shard attributes on metrics
 // (hv.shard, and db.namespace with the schema) multiply the series by up to
 // 8192 shards: they are off unless WithShardMetrics is given.
 package otelhv

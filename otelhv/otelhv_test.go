@@ -37,7 +37,13 @@ type fixture struct {
 
 func newFixture(t *testing.T, global string, opts ...otelhv.Option) *fixture {
 	t.Helper()
-	f := &fixture{Fleet: pgtest.NewFleet(t, "", global, true), spans: tracetest.NewSpanRecorder(),
+	return newFixtureHosts(t, "", global, opts...)
+}
+
+// newFixtureHosts is newFixture with hostParams in every host's segment.
+func newFixtureHosts(t *testing.T, hostParams, global string, opts ...otelhv.Option) *fixture {
+	t.Helper()
+	f := &fixture{Fleet: pgtest.NewFleet(t, hostParams, global, true), spans: tracetest.NewSpanRecorder(),
 		reader: sdkmetric.NewManualReader()}
 	for i, r := range pgtest.FleetRanges {
 		var ddl strings.Builder
@@ -159,6 +165,48 @@ func TestRoutedStatement(t *testing.T) {
 	f.checkStatement(t, spans[0], "UPDATE", "exec", 2)
 	if got := attrs(spans[0])["db.query.text"].AsString(); got != "UPDATE t SET shard = shard WHERE id = $1" {
 		t.Errorf("db.query.text %q", got)
+	}
+}
+
+// TestReplicaMetrics: each host names a replica that never answers, so it
+// is down and reads on a replica context fall back to the primary.
+func TestReplicaMetrics(t *testing.T) {
+	f := newFixtureHosts(t, "replicas=127.0.0.1:1", "")
+	ctx := hv.WithReplica(hv.WithShard(context.Background(), 5))
+	for range 3 {
+		var shard int
+		if err := f.db.QueryRowContext(ctx, "SELECT shard FROM t WHERE id = $1", 0).Scan(&shard); err != nil || shard != 5 {
+			t.Fatal(shard, err)
+		}
+	}
+	rm := f.collect(t)
+	replicaOf := func(p metricdata.DataPoint[int64]) string {
+		r, _ := p.Attributes.Value(otelhv.ReplicaKey)
+		h, _ := p.Attributes.Value(otelhv.HostKey)
+		return dbOf(h.AsString()) + " " + r.AsString()
+	}
+	got := map[string]int64{}
+	for _, name := range []string{"hv.replica.reads", "hv.replica.fallbacks", "hv.replica.down"} {
+		for _, p := range ints(t, rm, name) {
+			got[name+" "+replicaOf(p)] = p.Value
+		}
+	}
+	st := f.c.Stats()
+	want := map[string]int64{}
+	for i, name := range []string{"hv.replica.reads", "hv.replica.fallbacks", "hv.replica.down"} {
+		for j, h := range st {
+			v := []int64{0, 0, 1}[i]
+			if i == 1 && j == 0 {
+				v = 3 // shard 5's host
+			}
+			want[name+" "+dbOf(h.Host)+" "+h.Replicas[0].Host] = v
+		}
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("replica points\n%v\nwant\n%v", got, want)
+	}
+	if find(rm, "hv.replica.lag") == nil {
+		t.Error("no hv.replica.lag")
 	}
 }
 

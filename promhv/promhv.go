@@ -25,6 +25,10 @@
 //	hv_pool_in_use_connections{host}           connections in use
 //	hv_pool_idle_connections{host}             connections idle
 //	hv_host_shards{host}                       logical shards the host owns
+//	hv_replica_reads_total{host,replica}       reads a streaming replica served
+//	hv_replica_fallbacks_total{host,replica}   reads in its turn that went to the primary
+//	hv_replica_lag_seconds{host,replica}       its replay lag at the last poll
+//	hv_replica_up{host,replica}                1 while it answers, 0 while down
 //
 // host is hv's name of the host ("host:port/dbname"), operation is query,
 // exec, begin, commit or rollback. Per-shard labels multiply the series by
@@ -97,6 +101,15 @@ var statNames = []struct {
 	{"hv_host_shards", "Logical shards the host owns.", false, true},
 }
 
+// The per-replica metrics, labelled by host (the primary's name) and
+// replica.
+var replicaNames = []struct{ name, help string }{
+	{"hv_replica_reads_total", "Reads the replica was chosen for."},
+	{"hv_replica_fallbacks_total", "Reads in the replica's turn that went to the primary: no replica was fit (down, lagging past max_replica_lag, or behind the unit's write)."},
+	{"hv_replica_lag_seconds", "How long ago the primary had WAL the replica had not replayed, at the last poll."},
+	{"hv_replica_up", "1 while the replica answers its monitor, 0 while it is down."},
+}
+
 // New returns Metrics with opts applied. Call Observe to read a
 // Connector's Stats.
 func New(opts ...Option) *Metrics {
@@ -120,6 +133,9 @@ func New(opts ...Option) *Metrics {
 			labels = append(labels, "shard")
 		}
 		m.stats[s.name] = prometheus.NewDesc(s.name, s.help, labels, nil)
+	}
+	for _, s := range replicaNames {
+		m.stats[s.name] = prometheus.NewDesc(s.name, s.help, []string{"host", "replica"}, nil)
 	}
 	return m
 }
@@ -160,6 +176,24 @@ func (m *Metrics) Collect(ch chan<- prometheus.Metric) {
 		gauge("hv_pool_in_use_connections", float64(h.DB.InUse))
 		gauge("hv_pool_idle_connections", float64(h.DB.Idle))
 		gauge("hv_host_shards", float64(h.Shards.Len()))
+		for _, r := range h.Replicas {
+			up := 1.0
+			if r.Down {
+				up = 0
+			}
+			for _, v := range []struct {
+				name string
+				kind prometheus.ValueType
+				v    float64
+			}{
+				{"hv_replica_reads_total", prometheus.CounterValue, float64(r.Reads)},
+				{"hv_replica_fallbacks_total", prometheus.CounterValue, float64(r.Fallbacks)},
+				{"hv_replica_lag_seconds", prometheus.GaugeValue, r.Lag.Seconds()},
+				{"hv_replica_up", prometheus.GaugeValue, up},
+			} {
+				ch <- prometheus.MustNewConstMetric(m.stats[v.name], v.kind, v.v, h.Host, r.Host)
+			}
+		}
 		counters := func(st hv.ShardStats, labels ...string) {
 			for _, v := range []struct {
 				name string

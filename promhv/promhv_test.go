@@ -31,7 +31,13 @@ type fixture struct {
 
 func newFixture(t *testing.T, global string, opts ...promhv.Option) *fixture {
 	t.Helper()
-	f := &fixture{Fleet: pgtest.NewFleet(t, "", global, true), m: promhv.New(opts...), reg: prometheus.NewPedanticRegistry()}
+	return newFixtureHosts(t, "", global, opts...)
+}
+
+// newFixtureHosts is newFixture with hostParams in every host's segment.
+func newFixtureHosts(t *testing.T, hostParams, global string, opts ...promhv.Option) *fixture {
+	t.Helper()
+	f := &fixture{Fleet: pgtest.NewFleet(t, hostParams, global, true), m: promhv.New(opts...), reg: prometheus.NewPedanticRegistry()}
 	for i, r := range pgtest.FleetRanges {
 		var ddl strings.Builder
 		for s := r[0]; s < r[1]; s++ {
@@ -139,6 +145,42 @@ func gaugeOf(t *testing.T, f *fixture, name, host string) float64 {
 	}
 	t.Fatalf("no %s for %s", name, host)
 	return 0
+}
+
+// TestReplicaMetrics: each host names a replica that never answers, so the
+// replica is down and reads on a replica context fall back to the primary;
+// the replica's series say so.
+func TestReplicaMetrics(t *testing.T) {
+	f := newFixtureHosts(t, "replicas=127.0.0.1:1", "")
+	ctx := hv.WithReplica(hv.WithShard(context.Background(), 5))
+	for range 3 {
+		var shard int
+		if err := f.db.QueryRowContext(ctx, "SELECT shard FROM t WHERE id = $1", 0).Scan(&shard); err != nil || shard != 5 {
+			t.Fatal(shard, err)
+		}
+	}
+	replica := f.c.Stats()[0].Replicas[0].Host
+	mfs, err := f.reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			if labelsOf(m) != "host="+f.hosts[0]+" replica="+replica {
+				continue
+			}
+			v := m.GetGauge().GetValue()
+			if m.GetCounter() != nil {
+				v = m.GetCounter().GetValue()
+			}
+			got[mf.GetName()] = v
+		}
+	}
+	want := map[string]float64{"hv_replica_reads_total": 0, "hv_replica_fallbacks_total": 3, "hv_replica_lag_seconds": 0, "hv_replica_up": 0}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("replica series %v, want %v", got, want)
+	}
 }
 
 func TestFailingStatement(t *testing.T) {
