@@ -154,7 +154,7 @@ func (c *Connector) RunShards(ctx context.Context, shards []int, concurrency int
 	}
 	if shards == nil {
 		for _, h := range hosts {
-			for s := h.shards.Start; s < h.shards.End; s++ {
+			for s := range h.shards.All() {
 				add(s)
 			}
 		}

@@ -435,9 +435,14 @@ func (c *cli) statusCmd(ctx context.Context, args []string) error {
 	cfg := ds.Connector().Config()
 	var down int
 	for _, h := range ds.Connector().Stats() {
+		first, ok := h.Shards.First()
+		if !ok {
+			fmt.Fprintf(c.stdout, "host %s  no shards\n", h.Host)
+			continue
+		}
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		start := time.Now()
-		err := ds.DB().PingContext(hv.WithShard(pctx, h.Shards.Start))
+		err := ds.DB().PingContext(hv.WithShard(pctx, first))
 		took := time.Since(start)
 		cancel()
 		state := fmt.Sprintf("up, ping %v", took.Round(10*time.Microsecond))
@@ -476,9 +481,14 @@ func printStats(w io.Writer, stats []hv.HostStats, indent string) {
 	}
 }
 
-// shardSpan returns a shard range as the DSN writes it, half-open: "1-9"
-// for shards 1 to 8.
-func shardSpan(r hv.ShardRange) string { return r.String() }
+// shardSpan returns a host's shards as the DSN writes them, half-open:
+// "1-9" for shards 1 to 8, "”" for none.
+func shardSpan(r hv.ShardSet) string {
+	if r.Len() == 0 {
+		return "''"
+	}
+	return r.String()
+}
 
 // sortedShards returns the keys of m in order.
 func sortedShards(m map[int]int) []int {

@@ -1,0 +1,194 @@
+package hv
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+)
+
+// Where moved shards live. MoveShard records every move it finishes in the
+// fleet's own databases, in the table hv_meta.shard_moves of both hosts: on
+// the source a row "out" naming the target, on the target a row "in"
+// naming the source, each by HostConfig.Name as the mover's DSN spells it
+// (never a secret). That table is the truth; a Connector keeps only what it
+// has learnt from it (shardMoves), and learns it when a statement meets the
+// fenced copy: the source's schema was renamed by the move, so the
+// statement fails with undefined_table (42P01), invalid_schema_name
+// (3F000) or undefined_function (42883) on the old search_path. The
+// connection then asks the host it used (following the chain when the
+// shard moved on again), routes the shard to its new owner, and retries the
+// statement once when no transaction is open; inside a transaction it
+// fails with ErrShardMoved.
+
+// ErrShardMoved is returned (inside a *ShardError) by a statement inside a
+// transaction that met a shard's copy fenced by MoveShard: the shard now
+// lives on another host, which the Connector routes it to from then on.
+// Retry the whole transaction. Statements outside a transaction are
+// retried by hv itself, as are Datastore operations and EachShard.
+var ErrShardMoved error = &sentinel{"shard moved to another host: retry the transaction"}
+
+// ErrMovedOutside is returned (inside a *ShardError) when a shard was
+// moved to a host that the Connector's configuration lacks; the message
+// names the host, which the DSN needs.
+var ErrMovedOutside error = &sentinel{"shard moved to a host this configuration lacks"}
+
+// metaSchema holds hv's own tables in each host's database.
+const metaSchema = "hv_meta"
+
+// metaDDL creates hv_meta.shard_moves where it does not exist yet.
+const metaDDL = `CREATE SCHEMA IF NOT EXISTS hv_meta;
+CREATE TABLE IF NOT EXISTS hv_meta.shard_moves (
+	id bigserial PRIMARY KEY,
+	shard int NOT NULL,
+	direction text NOT NULL CHECK (direction IN ('out', 'in')),
+	peer text NOT NULL,
+	state text NOT NULL CHECK (state IN ('copying', 'done', 'aborted')),
+	fenced_schema text,
+	started timestamptz NOT NULL DEFAULT clock_timestamp(),
+	finished timestamptz,
+	dropped timestamptz
+);
+CREATE TABLE IF NOT EXISTS hv_meta.move_marks (move_id bigint, seq int, PRIMARY KEY (move_id, seq));`
+
+// ownerSQL returns, for a shard ($1), the latest finished move this host
+// took part in: "out" with the host it went to, "in", or no row.
+const ownerSQL = `SELECT direction, peer FROM hv_meta.shard_moves
+	WHERE shard = $1 AND state = 'done' ORDER BY finished DESC, id DESC LIMIT 1`
+
+// shardMoves is what a Connector has learnt of moved shards: the shard and
+// the name of the host it lives on. It is owned by the Connector and
+// changed only under Connector.mu; each fleet is built from the
+// configuration with it applied.
+type shardMoves struct {
+	to map[int]string
+}
+
+// apply returns the shards each host of cfg owns, in cfg's order, with the
+// learnt moves applied. A move to a host cfg lacks is left out, and one
+// cfg already agrees with is forgotten.
+func (m *shardMoves) apply(cfg *Config) ([]ShardSet, error) {
+	owns := make([]ShardSet, len(cfg.Hosts))
+	index := make(map[string]int, len(cfg.Hosts))
+	for i, h := range cfg.Hosts {
+		owns[i] = h.Shards
+		index[h.Name()] = i
+	}
+	for _, shard := range slices.Sorted(maps.Keys(m.to)) {
+		j, ok := index[m.to[shard]]
+		if !ok {
+			continue
+		}
+		if owns[j].Contains(shard) {
+			delete(m.to, shard)
+			continue
+		}
+		for i := range owns {
+			if owns[i].Contains(shard) {
+				owns[i] = owns[i].Without(shard)
+			}
+		}
+		owns[j] = owns[j].With(shard)
+	}
+	return owns, nil
+}
+
+// Moved returns the shards this Connector has learnt to live on another
+// host than its configuration says, with the name of that host.
+func (c *Connector) Moved() map[int]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return maps.Clone(c.moves.to)
+}
+
+// learnMove routes shard to host to from now on: a new fleet generation,
+// keeping every pool. It returns a *ShardError wrapping ErrMovedOutside
+// when the configuration has no host named to.
+func (c *Connector) learnMove(shard int, to string) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	if p := c.fleet.Load().shards[shard]; p != nil && p.host.name == to {
+		return nil // another statement learnt it first
+	}
+	if !slices.ContainsFunc(c.cfg.Hosts, func(h HostConfig) bool { return h.Name() == to }) {
+		return &ShardError{Shard: shard, Err: errorf(ErrMovedOutside, "it lives on host %s: add that host to the DSN (shards='' if it should own nothing else)", to)}
+	}
+	if c.moves.to == nil {
+		c.moves.to = map[int]string{}
+	}
+	c.moves.to[shard] = to
+	if err := c.rebuildLocked(&c.cfg); err != nil {
+		delete(c.moves.to, shard)
+		return err
+	}
+	return nil
+}
+
+// movedCodes are the SQLSTATEs a statement gets when its shard's schema was
+// renamed away under it.
+var movedCodes = map[string]bool{"42P01": true, "3F000": true, "42883": true}
+
+// mayBeMoved reports whether err could come from a fenced copy.
+func mayBeMoved(err error) bool {
+	var se interface{ SQLState() string }
+	return errors.As(err, &se) && movedCodes[se.SQLState()]
+}
+
+// resolveMove asks the host p is on whether shard p.shard moved away, and
+// follows the chain of moves through the hosts of the fleet. It returns
+// the name of the host that owns the shard now, or "" when it did not
+// move (or the host keeps no record). Errors mean the chain could not be
+// followed.
+func (c *Connector) resolveMove(ctx context.Context, f *fleet, p *placement) (string, error) {
+	db, name := p.host.db, p.host.name
+	owner := ""
+	for hop := 0; hop < 16; hop++ {
+		var dir, peer string
+		err := db.QueryRowContext(ctx, ownerSQL, p.shard).Scan(&dir, &peer)
+		if err == sql.ErrNoRows || err != nil && mayBeMoved(err) || err == nil && dir == "in" {
+			return owner, nil // no record, no hv_meta, or the shard came here
+		}
+		if err != nil {
+			return "", fmt.Errorf("looking up where shard %d moved on host %s: %w", p.shard, name, err)
+		}
+		owner = peer
+		next := f.hostNamed(peer)
+		if next == nil {
+			return owner, nil // learnMove names it
+		}
+		db, name = next.db, next.name
+	}
+	return "", fmt.Errorf("shard %d: the chain of moves loops", p.shard)
+}
+
+// hostNamed returns the pool of the fleet's host called name, or nil.
+func (f *fleet) hostNamed(name string) *hostPool {
+	for _, h := range f.hosts {
+		if h.pool.name == name {
+			return h.pool
+		}
+	}
+	return nil
+}
+
+// movedAway checks, after a statement on p failed with err, whether the
+// shard moved; if it did, it learns the new owner and reports true. The
+// physical connection must have been released.
+func (c *Connector) movedAway(ctx context.Context, f *fleet, p *placement, err error) (bool, error) {
+	if !mayBeMoved(err) {
+		return false, nil
+	}
+	to, lerr := c.resolveMove(ctx, f, p)
+	if lerr != nil || to == "" || to == p.host.name {
+		return false, nil
+	}
+	if lerr := c.learnMove(p.shard, to); lerr != nil {
+		return false, lerr
+	}
+	return true, nil
+}
