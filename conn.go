@@ -199,26 +199,34 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	if c.rows != nil {
 		return nil, ErrConnBusy
 	}
-	if err := c.lease(ctx); err != nil {
-		return nil, err
-	}
-	var start time.Time
-	debug := c.connector.debugEnabled(ctx)
-	if debug {
-		start = time.Now()
-	}
 	var inner driver.Rows
-	err := withSession(c.phys, func(s *session) error {
-		var err error
-		inner, err = s.query(ctx, c.place, query, args)
-		return err
-	})
-	c.place.countStatement(err)
-	if debug {
-		c.connector.logStatement(ctx, c.place, start, err)
-	}
-	if err != nil {
-		return nil, c.fail(err)
+	for attempt := 0; ; attempt++ {
+		if err := c.lease(ctx); err != nil {
+			return nil, err
+		}
+		var start time.Time
+		debug := c.connector.debugEnabled(ctx)
+		if debug {
+			start = time.Now()
+		}
+		err := withSession(c.phys, func(s *session) error {
+			var err error
+			inner, err = s.query(ctx, c.place, query, args)
+			return err
+		})
+		c.place.countStatement(err)
+		if debug {
+			c.connector.logStatement(ctx, c.place, start, err)
+		}
+		if err == nil {
+			break
+		}
+		if attempt > 0 || !mayBeMoved(err) {
+			return nil, c.fail(err)
+		}
+		if retry, err := c.afterMoved(ctx, err); !retry { // moved.go
+			return nil, err
+		}
 	}
 	r := &c.rowsBuf
 	*r = rows{c: c, phys: c.phys, inner: inner}
@@ -234,28 +242,35 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 	if c.rows != nil {
 		return nil, ErrConnBusy
 	}
-	if err := c.lease(ctx); err != nil {
-		return nil, err
+	for attempt := 0; ; attempt++ {
+		if err := c.lease(ctx); err != nil {
+			return nil, err
+		}
+		var start time.Time
+		debug := c.connector.debugEnabled(ctx)
+		if debug {
+			start = time.Now()
+		}
+		var res driver.Result
+		err := withSession(c.phys, func(s *session) error {
+			var err error
+			res, err = s.exec(ctx, c.place, query, args)
+			return err
+		})
+		c.place.countStatement(err)
+		if debug {
+			c.connector.logStatement(ctx, c.place, start, err)
+		}
+		if err == nil {
+			return res, nil
+		}
+		if attempt > 0 || !mayBeMoved(err) {
+			return nil, c.fail(err)
+		}
+		if retry, err := c.afterMoved(ctx, err); !retry { // moved.go
+			return nil, err
+		}
 	}
-	var start time.Time
-	debug := c.connector.debugEnabled(ctx)
-	if debug {
-		start = time.Now()
-	}
-	var res driver.Result
-	err := withSession(c.phys, func(s *session) error {
-		var err error
-		res, err = s.exec(ctx, c.place, query, args)
-		return err
-	})
-	c.place.countStatement(err)
-	if debug {
-		c.connector.logStatement(ctx, c.place, start, err)
-	}
-	if err != nil {
-		return nil, c.fail(err)
-	}
-	return res, nil
 }
 
 // PrepareContext returns a statement that keeps the SQL and runs it on the

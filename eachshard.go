@@ -103,6 +103,15 @@ func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn EachShardFunc, 
 // runShardTx runs fn in a transaction on shard and commits it, or rolls it
 // back when fn fails.
 func runShardTx(ctx context.Context, db *sql.DB, shard int, fn EachShardFunc, txo *sql.TxOptions) error {
+	err := runShardTxOnce(ctx, db, shard, fn, txo)
+	if errors.Is(err, ErrShardMoved) { // the Connector routes it to the new owner now
+		err = runShardTxOnce(ctx, db, shard, fn, txo)
+	}
+	return err
+}
+
+// runShardTxOnce is one attempt of runShardTx.
+func runShardTxOnce(ctx context.Context, db *sql.DB, shard int, fn EachShardFunc, txo *sql.TxOptions) error {
 	if err := ctx.Err(); err != nil {
 		return note(context.Cause(ctx), "not run")
 	}

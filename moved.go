@@ -3,10 +3,13 @@ package hv
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
+	"io"
 	"errors"
 	"fmt"
 	"maps"
 	"slices"
+	"time"
 )
 
 // Where moved shards live. MoveShard records every move it finishes in the
@@ -145,25 +148,60 @@ func mayBeMoved(err error) bool {
 // move (or the host keeps no record). Errors mean the chain could not be
 // followed.
 func (c *Connector) resolveMove(ctx context.Context, f *fleet, p *placement) (string, error) {
-	db, name := p.host.db, p.host.name
 	owner := ""
 	for hop := 0; hop < 16; hop++ {
-		var dir, peer string
-		err := db.QueryRowContext(ctx, ownerSQL, p.shard).Scan(&dir, &peer)
+		dir, peer, err := p.host.lastMove(ctx, p)
 		if err == sql.ErrNoRows || err != nil && mayBeMoved(err) || err == nil && dir == "in" {
 			return owner, nil // no record, no hv_meta, or the shard came here
 		}
 		if err != nil {
-			return "", fmt.Errorf("looking up where shard %d moved on host %s: %w", p.shard, name, err)
+			return "", fmt.Errorf("looking up where shard %d moved on host %s: %w", p.shard, p.host.name, err)
 		}
 		owner = peer
 		next := f.hostNamed(peer)
 		if next == nil {
 			return owner, nil // learnMove names it
 		}
-		db, name = next.db, next.name
+		p = &placement{shard: p.shard, host: next, schema: p.schema, setPath: p.setPath,
+			localPath: p.localPath, counters: next.counters(p.shard)}
 	}
 	return "", fmt.Errorf("shard %d: the chain of moves loops", p.shard)
+}
+
+// lastMove returns the latest finished move of p's shard recorded on host
+// h (ownerSQL), or sql.ErrNoRows. It takes a connection the way a
+// statement does, so it waits for the pool like one.
+func (h *hostPool) lastMove(ctx context.Context, p *placement) (dir, peer string, err error) {
+	pc, slot, err := h.acquire(ctx, p)
+	if err != nil {
+		return "", "", err
+	}
+	defer h.release(pc, slot)
+	err = withSession(pc, func(s *session) error {
+		rows, err := s.query(ctx, p, ownerSQL, []driver.NamedValue{{Ordinal: 1, Value: int64(p.shard)}})
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		dest := make([]driver.Value, 2)
+		if err := rows.Next(dest); err == io.EOF {
+			return sql.ErrNoRows
+		} else if err != nil {
+			return err
+		}
+		dir, peer = asText(dest[0]), asText(dest[1])
+		return nil
+	})
+	return dir, peer, err
+}
+
+// asText returns a text column's value as the inner driver gave it.
+func asText(v driver.Value) string {
+	if b, ok := v.([]byte); ok {
+		return string(b)
+	}
+	s, _ := v.(string)
+	return s
 }
 
 // hostNamed returns the pool of the fleet's host called name, or nil.
@@ -191,4 +229,39 @@ func (c *Connector) movedAway(ctx context.Context, f *fleet, p *placement, err e
 		return false, lerr
 	}
 	return true, nil
+}
+
+// lookupTimeout bounds the look-up of a moved shard's new owner.
+const lookupTimeout = 5 * time.Second
+
+// afterMoved handles a statement error that may come from a fenced copy
+// (mayBeMoved). Outside a transaction it gives the physical connection
+// back, and when the shard did move it learns the new owner and returns
+// retry: the statement had no effect (it failed before it ran) and runs
+// again on the new owner. Otherwise, or inside a transaction, it returns
+// the error to give the caller: inside a transaction, for a moved shard, a
+// *ShardError wrapping ErrShardMoved.
+func (c *conn) afterMoved(ctx context.Context, err error) (retry bool, _ error) {
+	p, f := c.place, c.connector.fleet.Load()
+	if c.tx == nil {
+		// Every statement on the fenced copy is here at once after a move:
+		// holding their connections while they look up would leave the
+		// look-ups none.
+		c.release()
+	}
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookupTimeout)
+	defer cancel()
+	moved, lerr := c.connector.movedAway(lctx, f, p, err)
+	switch {
+	case lerr != nil:
+		return false, shardErr(p.shard, p.host.name, lerr)
+	case moved && c.tx != nil:
+		to := c.connector.fleet.Load().shards[p.shard].host.name
+		return false, &ShardError{Shard: p.shard, Host: p.host.name, Err: errorf(ErrShardMoved, "now on host %s", to)}
+	case moved:
+		return true, nil
+	case c.tx == nil:
+		return false, shardErr(p.shard, p.host.name, err)
+	}
+	return false, c.fail(err)
 }
