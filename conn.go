@@ -160,6 +160,10 @@ func (c *conn) leaseOn(ctx context.Context, f *fleet) error {
 		if err != nil {
 			return err
 		}
+		if !p.host.checked.Load() && c.connector.checkHost(ctx, f, p) { // moved.go
+			f = c.connector.fleet.Load()
+			continue
+		}
 		pc, slot, err := p.host.acquire(ctx, p)
 		if err == errPoolRetired {
 			next := c.connector.fleet.Load()

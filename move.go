@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -138,6 +139,7 @@ type mover struct {
 	opts       MoveOptions
 	name       string // publication, slot and subscription name
 	moveID     int64
+	markKey    int64    // the move's rows of hv_meta.move_marks: random, as move ids repeat across hosts
 	tables     []string // schema-qualified, quoted
 	sequences  []string
 	report     *MoveReport
@@ -347,6 +349,11 @@ func (m *mover) run(ctx context.Context) error {
 	if err := dropReplication(ctx, m.src, m.dst, m.name); err != nil {
 		return err
 	}
+	for _, c := range []*pgx.Conn{m.src, m.dst} {
+		if _, err := c.Exec(ctx, "DELETE FROM hv_meta.move_marks WHERE move_id = $1", m.markKey); err != nil {
+			return err
+		}
+	}
 	m.endPhase()
 	m.c.learnMoveBestEffort(m.shard, m.to.Name())
 	return nil
@@ -523,6 +530,7 @@ func (m *mover) check(ctx context.Context) error {
 	if err := m.ensureMeta(ctx, m.dst); err != nil {
 		return err
 	}
+	m.markKey = rand.Int64N(1 << 62)
 	return m.src.QueryRow(ctx, "INSERT INTO hv_meta.shard_moves (shard, direction, peer, state) VALUES ($1, 'out', $2, 'copying') RETURNING id", m.shard, dst).Scan(&m.moveID)
 }
 
@@ -625,13 +633,29 @@ func (m *mover) copySchema(ctx context.Context) error {
 	}
 	// One transaction: a failure leaves no half-made schema. Simple
 	// protocol: a dump is many statements.
-	_, err = m.dst.Exec(ctx, "BEGIN;\n"+ddl+"\nCOMMIT;", pgx.QueryExecModeSimpleProtocol)
+	// Until the fence the target's copy refuses writes (but the
+	// subscription's, which run as replica and fire no ordinary trigger)
+	// with the error of a missing table: a process that still believes
+	// this host owns the shard (it did once) looks up where it lives.
+	var guard strings.Builder
+	guard.WriteString(movingGuardFunc)
+	for _, t := range m.tables {
+		fmt.Fprintf(&guard, "CREATE TRIGGER hv_moving BEFORE INSERT OR UPDATE OR DELETE OR TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION hv_meta.moving();\n", t)
+	}
+	_, err = m.dst.Exec(ctx, "BEGIN;\n"+ddl+"\n"+guard.String()+"COMMIT;", pgx.QueryExecModeSimpleProtocol)
 	if err != nil {
 		_, _ = m.dst.Exec(context.WithoutCancel(ctx), "ROLLBACK")
 		return fmt.Errorf("applying pg_dump --schema-only -n %s on the target: %w", m.schema, err)
 	}
 	return nil
 }
+
+// movingGuardFunc is the trigger function of a target's copy during a move.
+const movingGuardFunc = `CREATE OR REPLACE FUNCTION hv_meta.moving() RETURNS trigger LANGUAGE plpgsql AS $f$
+BEGIN
+	RAISE EXCEPTION 'hv: shard % is moving to this host and not served here yet', TG_TABLE_SCHEMA USING ERRCODE = '42P01';
+END $f$;
+`
 
 // pgDumpSchema returns the DDL of schema on host h by pg_dump
 // --schema-only, passing the password through the environment.
@@ -701,7 +725,7 @@ func (m *mover) startReplication(ctx context.Context) error {
 	if len(m.tables) > 0 {
 		pub += strings.Join(m.tables, ", ") + ", "
 	}
-	pub += fmt.Sprintf("hv_meta.move_marks WHERE (move_id = %d)", m.moveID)
+	pub += fmt.Sprintf("hv_meta.move_marks WHERE (move_id = %d)", m.markKey)
 	if _, err := m.src.Exec(ctx, pub); err != nil {
 		return err
 	}
@@ -758,12 +782,12 @@ func (m *mover) measure(ctx context.Context) MoveProgress {
 // mark writes mark seq of the move on the source (autocommit) and waits
 // until it has been applied on the target, or until deadline.
 func (m *mover) mark(ctx context.Context, seq int, deadline time.Time) error {
-	if _, err := m.marks.Exec(ctx, "INSERT INTO hv_meta.move_marks VALUES ($1, $2)", m.moveID, seq); err != nil {
+	if _, err := m.marks.Exec(ctx, "INSERT INTO hv_meta.move_marks VALUES ($1, $2)", m.markKey, seq); err != nil {
 		return err
 	}
 	for {
 		var ok bool
-		if err := m.dst.QueryRow(ctx, "SELECT EXISTS (SELECT FROM hv_meta.move_marks WHERE move_id = $1 AND seq = $2)", m.moveID, seq).Scan(&ok); err != nil {
+		if err := m.dst.QueryRow(ctx, "SELECT EXISTS (SELECT FROM hv_meta.move_marks WHERE move_id = $1 AND seq = $2)", m.markKey, seq).Scan(&ok); err != nil {
 			return err
 		}
 		if ok {
@@ -896,8 +920,15 @@ func (m *mover) cutOver(ctx context.Context) error {
 	if _, err := tx.Exec(ctx, "UPDATE hv_meta.shard_moves SET state = 'done', finished = clock_timestamp(), fenced_schema = $2 WHERE id = $1", m.moveID, fenced); err != nil {
 		return err
 	}
+	// The target takes writes from now on: its guards go just before the
+	// fence commits.
+	for _, t := range m.tables {
+		if _, err := m.dst.Exec(ctx, "DROP TRIGGER IF EXISTS hv_moving ON "+t); err != nil {
+			return err
+		}
+	}
 	if err := tx.Commit(ctx); err != nil {
-		return err
+		return crash{err} // it may have committed: leave everything for AbortMove to judge
 	}
 	m.report.Pause = time.Since(start)
 	m.report.FencedSchema = fenced

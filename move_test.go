@@ -205,6 +205,12 @@ func TestMoveShardOnline(t *testing.T) {
 	readers := []*reader{startReader(p1, others), startReader(p2, others)}
 	waitUntil(t, "writers to start", func() bool { return writers[0].acked.Load() > 10 && writers[1].acked.Load() > 10 })
 
+	// A process that has used the source host before the move, and whose
+	// first statement on the shard afterwards is in a transaction.
+	tardy := f.open(t)
+	if _, err := tardy.Get(ctx, others[0]); err != nil {
+		t.Fatal(err)
+	}
 	mover := f.open(t)
 	var phases []string
 	rep, err := MoveShard(ctx, mover.Connector(), shard, f.names[1], &MoveOptions{
@@ -296,7 +302,6 @@ func TestMoveShardOnline(t *testing.T) {
 	if _, err := late.Get(ctx, seeded[0]); err != nil {
 		t.Fatalf("late process: %v", err)
 	}
-	tardy := f.open(t)
 	run := func() error {
 		tx, err := tardy.DB().BeginTx(WithShard(ctx, shard), nil)
 		if err != nil {
@@ -348,4 +353,14 @@ func TestMoveShardOnline(t *testing.T) {
 	if got, err := CleanupMoved(ctx, mover.Connector(), 0); err != nil || len(got) != 1 || schemaExists(t, src, rep.FencedSchema) {
 		t.Fatalf("cleanup: %v %v", got, err)
 	}
+}
+
+func pgConnect(t testing.TB, kw string) *pgx.Conn {
+	t.Helper()
+	c, err := pgx.Connect(context.Background(), kw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c
 }

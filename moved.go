@@ -4,9 +4,9 @@ import (
 	"context"
 	"database/sql"
 	"database/sql/driver"
-	"io"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"time"
@@ -177,22 +177,81 @@ func (h *hostPool) lastMove(ctx context.Context, p *placement) (dir, peer string
 		return "", "", err
 	}
 	defer h.release(pc, slot)
-	err = withSession(pc, func(s *session) error {
-		rows, err := s.query(ctx, p, ownerSQL, []driver.NamedValue{{Ordinal: 1, Value: int64(p.shard)}})
+	found := false
+	err = metaQuery(ctx, pc, ownerSQL, []driver.NamedValue{{Ordinal: 1, Value: int64(p.shard)}}, func(row []driver.Value) {
+		dir, peer, found = asText(row[0]), asText(row[1]), true
+	})
+	if err == nil && !found {
+		err = sql.ErrNoRows
+	}
+	return dir, peer, err
+}
+
+// metaQuery runs a schema-qualified query of hv's tables on the physical
+// connection pc, past the session (its search_path stays as it is), and
+// calls each for every row.
+func metaQuery(ctx context.Context, pc *sql.Conn, query string, args []driver.NamedValue, each func([]driver.Value)) error {
+	return withSession(pc, func(s *session) error {
+		q, ok := s.inner.(driver.QueryerContext)
+		if !ok {
+			return errors.New("the inner driver cannot query")
+		}
+		rows, err := q.QueryContext(ctx, query, args)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
-		dest := make([]driver.Value, 2)
-		if err := rows.Next(dest); err == io.EOF {
-			return sql.ErrNoRows
-		} else if err != nil {
-			return err
+		dest := make([]driver.Value, len(rows.Columns()))
+		for {
+			if err := rows.Next(dest); err == io.EOF {
+				return nil
+			} else if err != nil {
+				return err
+			}
+			each(dest)
 		}
-		dir, peer = asText(dest[0]), asText(dest[1])
-		return nil
 	})
-	return dir, peer, err
+}
+
+// movedOutSQL lists the shards whose latest finished move on this host
+// took them away, with the host they went to.
+const movedOutSQL = `SELECT shard, peer FROM (SELECT DISTINCT ON (shard) shard, direction, peer FROM hv_meta.shard_moves
+	WHERE state = 'done' ORDER BY shard, finished DESC, id DESC) m WHERE direction = 'out'`
+
+// checkHost runs once per host pool, before its first statement: it asks
+// the host which shards moved away from it and routes them to where they
+// went. A process started with an old DSN so never reads a copy that a
+// move left behind, nor a half-made one on a host the shard left once.
+// It reports whether the routing changed; a host it cannot ask is asked
+// again next time.
+func (c *Connector) checkHost(ctx context.Context, f *fleet, p *placement) bool {
+	h := p.host
+	if c.inner != nil { // go-sqlmock: no fleet behind it
+		h.checked.Store(true)
+		return false
+	}
+	pc, slot, err := h.acquire(ctx, p)
+	if err != nil {
+		return false
+	}
+	moved := map[int]string{}
+	err = metaQuery(ctx, pc, movedOutSQL, nil, func(row []driver.Value) {
+		if n, ok := row[0].(int64); ok {
+			moved[int(n)] = asText(row[1])
+		}
+	})
+	h.release(pc, slot)
+	if err != nil && !mayBeMoved(err) { // no hv_meta: nothing ever moved
+		return false
+	}
+	h.checked.Store(true)
+	changed := false
+	for shard, to := range moved {
+		if q := f.shards[shard]; q != nil && q.host == h && to != h.name && c.learnMove(shard, to) == nil {
+			changed = true
+		}
+	}
+	return changed
 }
 
 // asText returns a text column's value as the inner driver gave it.

@@ -17,6 +17,8 @@ var LogicalSettings = map[string]string{
 	"max_wal_senders":                   "20",
 	"max_logical_replication_workers":   "8",
 	"max_sync_workers_per_subscription": "2",
+	// The launcher retries starting workers this often (default 5s).
+	"wal_retrieve_retry_interval": "100ms",
 }
 
 var (
