@@ -160,10 +160,6 @@ func (c *conn) leaseOn(ctx context.Context, f *fleet) error {
 		if err != nil {
 			return err
 		}
-		if !p.host.checked.Load() && c.connector.checkHost(ctx, f, p) { // moved.go
-			f = c.connector.fleet.Load()
-			continue
-		}
 		pc, slot, err := p.host.acquire(ctx, p)
 		if err == errPoolRetired {
 			next := c.connector.fleet.Load()
@@ -175,6 +171,11 @@ func (c *conn) leaseOn(ctx context.Context, f *fleet) error {
 		}
 		if err != nil {
 			return err
+		}
+		if !p.host.checked.Load() && c.connector.checkHost(ctx, f, p, pc) { // moved.go
+			p.host.release(pc, slot)
+			f = c.connector.fleet.Load()
+			continue
 		}
 		c.place, c.phys, c.slot = p, pc, slot
 		return nil

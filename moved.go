@@ -222,25 +222,21 @@ const movedOutSQL = `SELECT shard, peer FROM (SELECT DISTINCT ON (shard) shard, 
 // the host which shards moved away from it and routes them to where they
 // went. A process started with an old DSN so never reads a copy that a
 // move left behind, nor a half-made one on a host the shard left once.
+// It asks on pc, the connection the statement got, past its session.
 // It reports whether the routing changed; a host it cannot ask is asked
 // again next time.
-func (c *Connector) checkHost(ctx context.Context, f *fleet, p *placement) bool {
+func (c *Connector) checkHost(ctx context.Context, f *fleet, p *placement, pc *sql.Conn) bool {
 	h := p.host
 	if c.inner != nil { // go-sqlmock: no fleet behind it
 		h.checked.Store(true)
 		return false
 	}
-	pc, slot, err := h.acquire(ctx, p)
-	if err != nil {
-		return false
-	}
 	moved := map[int]string{}
-	err = metaQuery(ctx, pc, movedOutSQL, nil, func(row []driver.Value) {
+	err := metaQuery(ctx, pc, movedOutSQL, nil, func(row []driver.Value) {
 		if n, ok := row[0].(int64); ok {
 			moved[int(n)] = asText(row[1])
 		}
 	})
-	h.release(pc, slot)
 	if err != nil && !mayBeMoved(err) { // no hv_meta: nothing ever moved
 		return false
 	}

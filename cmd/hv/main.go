@@ -62,11 +62,16 @@ commands:
   put -shard N -kind K key=value ...  store an entity and print its key
   get <key>                           print an entity: kind, updated time and body
   status                              per host: shard range, reachability, extensions, pool statistics;
-                                      unowned shards; migration version skew
+                                      unowned shards; migration version skew; moved shards, moves in progress
   migrate up|down|status [-dir DIR] [-to V] [-shards LIST] [-concurrency N]
                                       versioned migrations (goose) on every shard; -dir defaults to migrations
   migrate create [-dir DIR] [-seq] NAME [sql|go]
                                       a new empty migration file
+  move -shard N -to HOST [-max-pause D] [-checksum]
+                                      move a shard to another host online (HOST as status names it)
+  move -abort -shard N                remove what an interrupted move of shard N left behind
+  move -cleanup [-older-than D]       drop the fenced copies moves left on their sources (default 168h)
+  rebalance [-dry-run] [-drain HOST]  move shards, one at a time, until every host owns an equal share
   demo                                the tour; with no DSN it starts two throwaway PostgreSQL servers
 
 Flags may come before or after the other arguments. Shard ranges are half-open, as in the DSN
@@ -119,6 +124,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = c.statusCmd(ctx, rest)
 	case "migrate":
 		err = c.migrateCmd(ctx, rest)
+	case "move":
+		err = c.moveCmd(ctx, rest)
+	case "rebalance":
+		err = c.rebalanceCmd(ctx, rest)
 	case "demo":
 		err = c.demoCmd(ctx, rest)
 	case "help", "-h", "--help":
@@ -461,6 +470,7 @@ func (c *cli) statusCmd(ctx context.Context, args []string) error {
 	if down == 0 {
 		problems = append(problems, c.statusExtensions(ctx, ds)...)
 		problems = append(problems, c.statusMigrations(ctx, ds)...)
+		problems = append(problems, c.statusMoves(ctx, ds.Connector())...) // move.go
 	}
 	printStats(c.stdout, ds.Connector().Stats(), "")
 	if down > 0 {
