@@ -158,7 +158,9 @@ var libpqKeywords = map[string]bool{
 // mean a value that should have been quoted.
 //
 // A segment with shards=A-B describes a host owning the logical shards
-// [A, B), 0 <= A < B <= NumShards. Its other keys are libpq connection
+// [A, B), 0 <= A < B <= NumShards; shards=A-B,C-D a host owning several
+// ranges, and shards=” one owning none yet (a host that MoveShard may
+// move shards to). No two ranges, of one host or of two, may overlap. Its other keys are libpq connection
 // keywords handed to the inner driver (database is stored as dbname), except
 // pool_max=N, which overrides the global pool_max for that host. search_path
 // may not be set, neither directly nor through options: hv owns it.

@@ -470,30 +470,21 @@ func (m *mover) check(ctx context.Context) error {
 		return refuse(m.shard, src, "tables without a primary key or replica identity cannot replicate updates and deletes: %s (add a primary key, or ALTER TABLE ... REPLICA IDENTITY FULL)", strings.Join(noIdentity, ", "))
 	}
 	// Leftovers of an earlier move of this shard that did not finish.
-	var stale []int64
-	var peers []string
 	if err := m.ensureMeta(ctx, m.src); err != nil {
 		return err
 	}
-	r2, err := m.src.Query(ctx, "SELECT id, peer FROM hv_meta.shard_moves WHERE shard = $1 AND direction = 'out' AND state = 'copying'", m.shard)
-	if err == nil {
-		for r2.Next() {
-			var id int64
-			var peer string
-			if err := r2.Scan(&id, &peer); err == nil {
-				stale, peers = append(stale, id), append(peers, peer)
-			}
-		}
-		err = r2.Err()
-	}
+	rows2, err := m.src.Query(ctx, "SELECT peer FROM hv_meta.shard_moves WHERE shard = $1 AND direction = 'out' AND state = 'copying'", m.shard)
 	if err != nil {
 		return err
 	}
-	for i, peer := range peers {
+	stale, err := pgx.CollectRows(rows2, pgx.RowTo[string])
+	if err != nil {
+		return err
+	}
+	for _, peer := range stale {
 		if peer != dst {
 			return refuse(m.shard, src, "an interrupted move of the shard to host %s is not cleaned up: run hv move -abort -shard %d (or MoveShard to %s)", peer, m.shard, peer)
 		}
-		_ = stale[i]
 	}
 	if len(stale) > 0 || m.hasReplication(ctx) {
 		if err := dropReplication(ctx, m.src, m.dst, m.name); err != nil {
@@ -890,10 +881,11 @@ func (m *mover) cutOver(ctx context.Context) error {
 		if m.opts.Checksum {
 			srcArgs, dstArgs = append(srcArgs, &tc.SourceSum), append(dstArgs, &tc.TargetSum)
 		}
-		if err := tx.QueryRow(ctx, q).Scan(srcArgs...); err != nil {
-			return err
-		}
-		if err := m.dst.QueryRow(ctx, q).Scan(dstArgs...); err != nil {
+		// Both sides at once: the count is part of the pause.
+		dstErr := make(chan error, 1)
+		go func() { dstErr <- m.dst.QueryRow(ctx, q).Scan(dstArgs...) }()
+		srcErr := tx.QueryRow(ctx, q).Scan(srcArgs...)
+		if err := errors.Join(srcErr, <-dstErr); err != nil {
 			return err
 		}
 		m.report.Tables = append(m.report.Tables, tc)
