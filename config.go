@@ -53,8 +53,9 @@ func (r ShardRange) String() string { return fmt.Sprintf("%d-%d", r.Start, r.End
 // HostConfig is one physical PostgreSQL server (or database) and the logical
 // shards it owns.
 type HostConfig struct {
-	// Shards is the half-open range of logical shards this host owns.
-	Shards ShardRange
+	// Shards are the logical shards this host owns: one or more half-open
+	// ranges, or none for a host ready to receive shards.
+	Shards ShardSet
 	// Params holds the libpq connection keywords passed to the inner driver
 	// (host, port, user, password, dbname, sslmode, connect_timeout, ...).
 	// "database" is accepted in a DSN and stored as "dbname".
@@ -174,7 +175,9 @@ var libpqKeywords = map[string]bool{
 // mean a value that should have been quoted.
 //
 // A segment with shards=A-B describes a host owning the logical shards
-// [A, B), 0 <= A < B <= NumShards. Its other keys are libpq connection
+// [A, B), 0 <= A < B <= NumShards; shards=A-B,C-D a host owning several
+// ranges, and shards=” one owning none yet (a host that MoveShard may
+// move shards to). No two ranges, of one host or of two, may overlap. Its other keys are libpq connection
 // keywords handed to the inner driver (database is stored as dbname), except
 // pool_max=N, which overrides the global pool_max for that host, and
 // replicas=HOST:PORT[,HOST:PORT...], the host's streaming replicas (see
@@ -319,7 +322,7 @@ func (p cfgPlace) errorf(format string, args ...any) error {
 // validate is Validate without the defaults, reporting errors at where.
 func (c *Config) validate(where cfgPlaces) error {
 	if len(c.Hosts) == 0 {
-		return fmt.Errorf("%w: no hosts: a DSN needs at least one segment with shards=A-B", ErrBadConfig)
+		return fmt.Errorf("%w: no hosts: a DSN needs at least one segment with shards=A-B (or shards='' for a host without shards)", ErrBadConfig)
 	}
 	if c.PoolMax < 1 {
 		return where.global("pool_max").errorf("pool_max %d is less than 1", c.PoolMax)
@@ -363,12 +366,13 @@ func (c *Config) validate(where cfgPlaces) error {
 		}
 	}
 	for i, h := range c.Hosts {
-		r := h.Shards
-		switch {
-		case r.Start < 0 || r.End > NumShards || r.Start > MaxShard:
-			return where.host(i).errorf("shard range %s is outside 0-%d (shards are 0..%d)", r, NumShards, MaxShard)
-		case r.Start >= r.End:
-			return where.host(i).errorf("empty or reversed shard range %s", r)
+		for _, r := range h.Shards {
+			switch {
+			case r.Start < 0 || r.End > NumShards || r.Start > MaxShard:
+				return where.host(i).errorf("shard range %s is outside 0-%d (shards are 0..%d)", r, NumShards, MaxShard)
+			case r.Start >= r.End:
+				return where.host(i).errorf("empty or reversed shard range %s", r)
+			}
 		}
 		if h.PoolMax < 0 {
 			return where.host(i).errorf("pool_max %d is negative", h.PoolMax)
@@ -385,21 +389,30 @@ func (c *Config) validate(where cfgPlaces) error {
 			return where.host(i).errorf("%s", msg)
 		}
 	}
-	order := make([]int, len(c.Hosts))
-	for i := range order {
-		order[i] = i
+	// Every range of every host, by start: a range overlapping any
+	// earlier one overlaps the one just before it.
+	type owned struct {
+		host int
+		r    ShardRange
 	}
-	sort.SliceStable(order, func(a, b int) bool {
-		return c.Hosts[order[a]].Shards.Start < c.Hosts[order[b]].Shards.Start
-	})
-	for k := 1; k < len(order); k++ {
-		a, b := order[k-1], order[k]
-		if c.Hosts[b].Shards.Start < c.Hosts[a].Shards.End {
-			if a > b {
+	var all []owned
+	for i, h := range c.Hosts {
+		for _, r := range h.Shards {
+			all = append(all, owned{i, r})
+		}
+	}
+	sort.SliceStable(all, func(a, b int) bool { return all[a].r.Start < all[b].r.Start })
+	for k := 1; k < len(all); k++ {
+		a, b := all[k-1], all[k]
+		if b.r.Start < a.r.End {
+			if a.host > b.host {
 				a, b = b, a
 			}
-			return where.host(b).errorf("shard range %s overlaps %s (shards %s)",
-				c.Hosts[b].Shards, where.host(a).where, c.Hosts[a].Shards)
+			if a.host == b.host {
+				return where.host(b.host).errorf("shard range %s overlaps range %s of the same host", b.r, a.r)
+			}
+			return where.host(b.host).errorf("shard range %s overlaps %s (shards %s)",
+				b.r, where.host(a.host).where, a.r)
 		}
 	}
 	return nil
@@ -556,7 +569,7 @@ func (h HostConfig) ConnString() string {
 func (h HostConfig) String() string {
 	var b strings.Builder
 	b.WriteString("shards=")
-	b.WriteString(h.Shards.String())
+	b.WriteString(dsnQuote(h.Shards.String(), false))
 	for _, k := range paramDisplayOrder(h.Params) {
 		v := h.Params[k]
 		if secretParams[k] {
@@ -777,13 +790,11 @@ func (s *dsnSegment) checkKeys() error {
 func (s *dsnSegment) host(i int) (HostConfig, error) {
 	var h HostConfig
 	p := &s.pairs[i]
-	a, b, ok := strings.Cut(p.val, "-")
-	start, err1 := dsnCount(a)
-	end, err2 := dsnCount(b)
-	if !ok || err1 != nil || err2 != nil {
-		return h, s.errorf("shards=%s is not a shard range A-B (half-open, shards 0..%d, e.g. 0-%d)", dsnQuote(p.show(p.val), false), MaxShard, NumShards)
+	set, err := parseShardSet(p.val)
+	if err != nil {
+		return h, s.errorf("shards=%s is not a shard range A-B, a list of them (A-B,C-D) or '' for none (half-open, shards 0..%d, e.g. 0-%d)", dsnQuote(p.show(p.val), false), MaxShard, NumShards)
 	}
-	h.Shards = ShardRange{Start: start, End: end}
+	h.Shards = set
 	h.Params = map[string]string{}
 	for j := range s.pairs {
 		p := &s.pairs[j]

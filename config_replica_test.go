@@ -89,11 +89,11 @@ func TestParseConfigReplicaErrors(t *testing.T) {
 		}
 	}
 	// Validate names the host by index.
-	c := &Config{Hosts: []HostConfig{{Shards: ShardRange{0, 1}, Params: map[string]string{"host": "a"}, Replicas: []string{"nope"}}}}
+	c := &Config{Hosts: []HostConfig{{Shards: Shards(0, 1), Params: map[string]string{"host": "a"}, Replicas: []string{"nope"}}}}
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "Hosts[0] (a)") {
 		t.Errorf("Validate: %v", err)
 	}
-	c = &Config{Hosts: []HostConfig{{Shards: ShardRange{0, 1}}}, MaxReplicaLag: -time.Second}
+	c = &Config{Hosts: []HostConfig{{Shards: Shards(0, 1)}}, MaxReplicaLag: -time.Second}
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "Config.MaxReplicaLag") {
 		t.Errorf("Validate: %v", err)
 	}

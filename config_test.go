@@ -25,7 +25,7 @@ func cfgDefaults(hosts ...HostConfig) *Config {
 }
 
 func hostCfg(start, end int, kv ...string) HostConfig {
-	h := HostConfig{Shards: ShardRange{start, end}, Params: map[string]string{}}
+	h := HostConfig{Shards: ShardSet{{start, end}}, Params: map[string]string{}}
 	for i := 0; i+1 < len(kv); i += 2 {
 		h.Params[kv[i]] = kv[i+1]
 	}
@@ -443,7 +443,7 @@ func TestConfigStringRoundTrip(t *testing.T) {
 }
 
 func TestConfigValidateHandBuilt(t *testing.T) {
-	c := &Config{Hosts: []HostConfig{{Shards: ShardRange{0, NumShards}}}}
+	c := &Config{Hosts: []HostConfig{{Shards: ShardSet{{0, NumShards}}}}}
 	if err := c.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -459,7 +459,7 @@ func TestConfigValidateHandBuilt(t *testing.T) {
 		{"nil", nil, []string{"nil Config"}},
 		{"no hosts", &Config{}, []string{"no hosts"}},
 		{"negative pool", &Config{Hosts: []HostConfig{hostCfg(0, 1)}, PoolMax: -1}, []string{"Config.PoolMax", "less than 1"}},
-		{"negative host pool", &Config{Hosts: []HostConfig{{Shards: ShardRange{0, 1}, PoolMax: -1}}}, []string{"Hosts[0]", "negative"}},
+		{"negative host pool", &Config{Hosts: []HostConfig{{Shards: ShardSet{{0, 1}}, PoolMax: -1}}}, []string{"Hosts[0]", "negative"}},
 		{"negative timeout", &Config{Hosts: []HostConfig{hostCfg(0, 1)}, PoolBlockTimeout: -time.Second}, []string{"Config.PoolBlockTimeout", "negative"}},
 		{"driver", &Config{Hosts: []HostConfig{hostCfg(0, 1)}, Driver: "mysql"}, []string{"Config.Driver"}},
 		{"schema", &Config{Hosts: []HostConfig{hostCfg(0, 1)}, SchemaPattern: "s%s"}, []string{"Config.SchemaPattern"}},

@@ -92,7 +92,7 @@ func editDistance(a, b string) int {
 func (c *Config) Unowned() []ShardRange {
 	rs := make([]ShardRange, 0, len(c.Hosts))
 	for _, h := range c.Hosts {
-		rs = append(rs, h.Shards)
+		rs = append(rs, h.Shards...)
 	}
 	sort.Slice(rs, func(i, j int) bool { return rs[i].Start < rs[j].Start })
 	var gaps []ShardRange
@@ -129,7 +129,7 @@ func (c *Config) UnownedHint() string {
 	}
 	rs := make([]ShardRange, 0, len(c.Hosts))
 	for _, h := range c.Hosts {
-		rs = append(rs, h.Shards)
+		rs = append(rs, h.Shards...)
 	}
 	sort.Slice(rs, func(i, j int) bool { return rs[i].Start < rs[j].Start })
 	var meant []string

@@ -175,6 +175,11 @@ func (c *conn) leaseOn(ctx context.Context, f *fleet, replica bool) error {
 		if err != nil {
 			return err
 		}
+		if !p.host.checked.Load() && c.connector.checkHost(ctx, f, p, pc) { // moved.go
+			p.host.release(pc, slot)
+			f = c.connector.fleet.Load()
+			continue
+		}
 		c.place, c.phys, c.slot = p, pc, slot
 		return nil
 	}
@@ -203,27 +208,35 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 		return nil, ErrConnBusy
 	}
 	ctx, tr := c.trace(ctx, OpQuery, query) // ended when the rows close
-	if err := c.lease(ctx); err != nil {
-		return nil, tr.end(nil, err)
-	}
-	var start time.Time
-	debug := c.connector.debugEnabled(ctx)
-	if debug {
-		start = time.Now()
-	}
 	var inner driver.Rows
-	err := withSession(c.phys, func(s *session) error {
-		var err error
-		inner, err = s.query(ctx, c.place, query, args)
-		return err
-	})
-	c.place.countStatement(err)
-	if debug {
-		c.connector.logStatement(ctx, c.place, start, err)
-	}
-	if err != nil {
+	for attempt := 0; ; attempt++ {
+		if err := c.lease(ctx); err != nil {
+			return nil, tr.end(nil, err)
+		}
+		var start time.Time
+		debug := c.connector.debugEnabled(ctx)
+		if debug {
+			start = time.Now()
+		}
+		err := withSession(c.phys, func(s *session) error {
+			var err error
+			inner, err = s.query(ctx, c.place, query, args)
+			return err
+		})
+		c.place.countStatement(err)
+		if debug {
+			c.connector.logStatement(ctx, c.place, start, err)
+		}
+		if err == nil {
+			break
+		}
 		p := c.place
-		return nil, tr.end(p, c.fail(err))
+		if attempt > 0 || !mayBeMoved(err) {
+			return nil, tr.end(p, c.fail(err))
+		}
+		if retry, err := c.afterMoved(ctx, err); !retry { // moved.go
+			return nil, tr.end(p, err)
+		}
 	}
 	if ryw := rywFrom(ctx); ryw != nil && !c.place.onReplica() && queryWrites(query) {
 		if c.tx != nil {
@@ -247,35 +260,42 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		return nil, ErrConnBusy
 	}
 	ctx, tr := c.trace(ctx, OpExec, query)
-	if err := c.lease(ctx); err != nil {
-		return nil, tr.end(nil, err)
-	}
-	var start time.Time
-	debug := c.connector.debugEnabled(ctx)
-	if debug {
-		start = time.Now()
-	}
-	var res driver.Result
-	err := withSession(c.phys, func(s *session) error {
-		var err error
-		res, err = s.exec(ctx, c.place, query, args)
-		return err
-	})
-	c.place.countStatement(err)
-	if debug {
-		c.connector.logStatement(ctx, c.place, start, err)
-	}
-	if err != nil {
+	for attempt := 0; ; attempt++ {
+		if err := c.lease(ctx); err != nil {
+			return nil, tr.end(nil, err)
+		}
+		var start time.Time
+		debug := c.connector.debugEnabled(ctx)
+		if debug {
+			start = time.Now()
+		}
+		var res driver.Result
+		err := withSession(c.phys, func(s *session) error {
+			var err error
+			res, err = s.exec(ctx, c.place, query, args)
+			return err
+		})
+		c.place.countStatement(err)
+		if debug {
+			c.connector.logStatement(ctx, c.place, start, err)
+		}
+		if err == nil {
+			tr.end(c.place, nil)
+			if ryw := rywFrom(ctx); ryw != nil && c.tx != nil && !c.place.onReplica() {
+				c.tx.ryw = ryw // noted at COMMIT
+			} else {
+				c.noteWrite(ryw) // readyourwrites.go
+			}
+			return res, nil
+		}
 		p := c.place
-		return nil, tr.end(p, c.fail(err))
+		if attempt > 0 || !mayBeMoved(err) {
+			return nil, tr.end(p, c.fail(err))
+		}
+		if retry, err := c.afterMoved(ctx, err); !retry { // moved.go
+			return nil, tr.end(p, err)
+		}
 	}
-	tr.end(c.place, nil)
-	if ryw := rywFrom(ctx); ryw != nil && c.tx != nil && !c.place.onReplica() {
-		c.tx.ryw = ryw // noted at COMMIT
-	} else {
-		c.noteWrite(ryw) // readyourwrites.go
-	}
-	return res, nil
 }
 
 // PrepareContext returns a statement that keeps the SQL and runs it on the

@@ -27,6 +27,7 @@ import (
 // Use it with sql.OpenDB. It is safe for concurrent use.
 type Connector struct {
 	cfg    Config
+	moves  shardMoves         // shards learnt to live elsewhere than cfg says (moved.go)
 	inner  innerConnectorFunc // nil: the configured inner driver
 	fleet  atomic.Pointer[fleet]
 	closed atomic.Bool
@@ -50,10 +51,11 @@ type fleet struct {
 	tracer        Tracer                     // Config.Tracer (tracer.go)
 }
 
-// fleetHost is a host of a fleet and the shards it owns.
+// fleetHost is a host of a fleet and the shards it owns: those of its
+// configuration, less those moved away, plus those moved to it (moved.go).
 type fleetHost struct {
 	pool     *hostPool
-	shards   ShardRange
+	shards   ShardSet
 	replicas *replicaSet // nil without replicas (replica.go)
 }
 
@@ -99,9 +101,7 @@ func (f *fleet) place(shard int) (*placement, error) {
 func (f *fleet) owned() []int {
 	var out []int
 	for _, h := range f.hosts {
-		for s := h.shards.Start; s < h.shards.End; s++ {
-			out = append(out, s)
-		}
+		out = append(out, h.shards.List()...)
 	}
 	slices.Sort(out)
 	return out
@@ -111,8 +111,10 @@ func (f *fleet) owned() []int {
 type HostStats struct {
 	// Host names the host as "host:port/dbname" (never with a password).
 	Host string
-	// Shards is the range of logical shards the host owns.
-	Shards ShardRange
+	// Shards are the logical shards the host owns: those of the
+	// configuration, less those moved away and plus those moved to it
+	// (MoveShard), as this Connector has learnt.
+	Shards ShardSet
 	// PoolMax is the host's connection limit.
 	PoolMax int
 	// DB is the inner *sql.DB's statistics: open, in-use and idle connections.
@@ -176,6 +178,10 @@ func (c *Connector) newFleet(cfg *Config, keep map[string]*hostPool) (*fleet, er
 	}
 	var opened []*hostPool
 	var configure []func() // kept pools take cfg's settings once nothing can fail
+	owns, err := c.moves.apply(cfg)
+	if err != nil {
+		return nil, err
+	}
 	for i := range cfg.Hosts {
 		hc := &cfg.Hosts[i]
 		connString := innerConnString(cfg, hc)
@@ -199,16 +205,16 @@ func (c *Connector) newFleet(cfg *Config, keep map[string]*hostPool) (*fleet, er
 			h.key = key
 			opened = append(opened, h)
 		}
-		h.shards.Store(int64(hc.Shards.End - hc.Shards.Start))
-		rs, err := c.openReplicas(cfg, hc, connString, set, keep, &opened, &configure)
+		h.shards.Store(int64(owns[i].Len()))
+		rs, err := c.openReplicas(cfg, hc, owns[i], connString, set, keep, &opened, &configure)
 		if err != nil {
 			for _, h := range opened {
 				_ = h.close()
 			}
 			return nil, err
 		}
-		f.hosts = append(f.hosts, fleetHost{pool: h, shards: hc.Shards, replicas: rs})
-		for s := hc.Shards.Start; s < hc.Shards.End; s++ {
+		f.hosts = append(f.hosts, fleetHost{pool: h, shards: owns[i], replicas: rs})
+		for s := range owns[i].All() {
 			schema := cfg.SchemaName(s)
 			f.shards[s] = &placement{shard: s, host: h, schema: schema,
 				setPath:   searchPathSQL(false, schema, cfg.ExtSchema()),
@@ -400,6 +406,12 @@ func (c *Connector) Reconfigure(cfg *Config) error {
 	if c.closed.Load() {
 		return ErrClosed
 	}
+	return c.rebuildLocked(&next)
+}
+
+// rebuildLocked makes next the configuration and swaps in its fleet,
+// keeping the pools that stay. Called with c.mu held.
+func (c *Connector) rebuildLocked(next *Config) error {
 	old := c.fleet.Load()
 	keep := make(map[string]*hostPool, len(old.hosts))
 	for _, h := range old.hosts {
@@ -407,7 +419,7 @@ func (c *Connector) Reconfigure(cfg *Config) error {
 			keep[p.key] = p
 		}
 	}
-	f, err := c.newFleet(&next, keep)
+	f, err := c.newFleet(next, keep)
 	if err != nil {
 		return err
 	}
@@ -417,7 +429,7 @@ func (c *Connector) Reconfigure(cfg *Config) error {
 			kept[p] = true
 		}
 	}
-	c.cfg = next
+	c.cfg = *next
 	c.fleet.Store(f)
 	old.retire(kept)
 	return nil

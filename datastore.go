@@ -174,9 +174,7 @@ func (d *Datastore) CreateShardsProgress(ctx context.Context, progress func(done
 		if errs[i] != nil {
 			continue
 		}
-		for s := h.Shards.Start; s < h.Shards.End; s++ {
-			shards = append(shards, s)
-		}
+		shards = append(shards, h.Shards.List()...)
 	}
 	create := func(ctx context.Context, tx *sql.Tx, shard int) error {
 		for i, h := range hosts {

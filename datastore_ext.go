@@ -30,7 +30,11 @@ func (d *Datastore) ensureExtensions(ctx context.Context, h HostStats) (string, 
 		return "", dsOpErr(err, "host %s: installing extensions", h.Host)
 	}
 	ext := d.c.Config().ExtSchema()
-	sctx := WithShard(ctx, h.Shards.Start)
+	first, ok := h.Shards.First()
+	if !ok {
+		return "", nil // a host without shards: MoveShard installs what it needs
+	}
+	sctx := WithShard(ctx, first)
 	tx, err := d.db.BeginTx(sctx, nil)
 	if err != nil {
 		return fail(err)
@@ -229,7 +233,12 @@ func (d *Datastore) CheckExtensions(ctx context.Context) []HostExtensions {
 	for i, h := range hosts {
 		go func() {
 			defer func() { done <- struct{}{} }()
-			out[i] = checkHostExtensions(WithShard(ctx, h.Shards.Start), d.db, h.Host, ext)
+			first, ok := h.Shards.First()
+			if !ok { // hv reaches a host through one of its shards
+				out[i] = HostExtensions{Host: h.Host, Schema: ext}
+				return
+			}
+			out[i] = checkHostExtensions(WithShard(ctx, first), d.db, h.Host, ext)
 		}()
 	}
 	for range hosts {

@@ -103,6 +103,15 @@ func EachShard(ctx context.Context, db *sql.DB, c *Connector, fn EachShardFunc, 
 // runShardTx runs fn in a transaction on shard and commits it, or rolls it
 // back when fn fails.
 func runShardTx(ctx context.Context, db *sql.DB, shard int, fn EachShardFunc, txo *sql.TxOptions) error {
+	err := runShardTxOnce(ctx, db, shard, fn, txo)
+	if errors.Is(err, ErrShardMoved) { // the Connector routes it to the new owner now
+		err = runShardTxOnce(ctx, db, shard, fn, txo)
+	}
+	return err
+}
+
+// runShardTxOnce is one attempt of runShardTx.
+func runShardTxOnce(ctx context.Context, db *sql.DB, shard int, fn EachShardFunc, txo *sql.TxOptions) error {
 	if err := ctx.Err(); err != nil {
 		return note(context.Cause(ctx), "not run")
 	}
@@ -154,7 +163,7 @@ func (c *Connector) RunShards(ctx context.Context, shards []int, concurrency int
 	}
 	if shards == nil {
 		for _, h := range hosts {
-			for s := h.shards.Start; s < h.shards.End; s++ {
+			for s := range h.shards.All() {
 				add(s)
 			}
 		}

@@ -140,7 +140,7 @@ func ExampleParseConfig() {
 		log.Fatal(err)
 	}
 	for _, h := range cfg.Hosts {
-		fmt.Println(h.Name(), "owns shards", h.Shards.Start, "to", h.Shards.End-1)
+		fmt.Println(h.Name(), "owns shards", h.Shards[0].Start, "to", h.Shards[0].End-1)
 	}
 	fmt.Println(cfg.PoolMax, cfg.PoolBlockTimeout, cfg.SchemaName(12))
 
@@ -261,13 +261,13 @@ func ExampleConnector_Reconfigure() {
 	db := sql.OpenDB(c)
 	defer db.Close()
 
-	cfg.Hosts[0].Shards = hv.ShardRange{Start: 1, End: 8}
-	cfg.Hosts[1].Shards = hv.ShardRange{Start: 8, End: 17}
+	cfg.Hosts[0].Shards = hv.ShardSet{{Start: 1, End: 8}}
+	cfg.Hosts[1].Shards = hv.ShardSet{{Start: 8, End: 17}}
 	if err := c.Reconfigure(cfg); err != nil {
 		log.Fatal(err)
 	}
 	for _, h := range c.Stats() {
-		fmt.Println("shards", h.Shards.Start, "to", h.Shards.End-1)
+		fmt.Println("shards", h.Shards[0].Start, "to", h.Shards[0].End-1)
 	}
 	// Output:
 	// shards 1 to 7

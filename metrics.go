@@ -51,10 +51,10 @@ func (p *placement) countStatement(err error) {
 	}
 }
 
-// shardStats returns the counters of the shards in r.
-func (h *hostPool) shardStats(r ShardRange) []ShardStats {
-	out := make([]ShardStats, 0, r.End-r.Start)
-	for s := r.Start; s < r.End; s++ {
+// shardStats returns the counters of the shards in r, in order.
+func (h *hostPool) shardStats(r ShardSet) []ShardStats {
+	out := make([]ShardStats, 0, r.Len())
+	for s := range r.All() {
 		st := ShardStats{Shard: s}
 		if sc := h.perShard[s].Load(); sc != nil {
 			st.Statements, st.Errors = sc.statements.Load(), sc.errors.Load()

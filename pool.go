@@ -37,6 +37,7 @@ type hostPool struct {
 	retired    bool         // close once no connection is in use
 	shardSlots []*semaphore // per-shard caps (shard_max), made on first use
 
+	checked   atomic.Bool  // asked which shards moved away (moved.go)
 	shards    atomic.Int64 // how many logical shards the host owns
 	waits     atomic.Int64
 	waitNanos atomic.Int64

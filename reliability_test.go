@@ -496,7 +496,7 @@ func TestPasswordNeverShown(t *testing.T) {
 		note("config", err)
 		bad := *cfg
 		bad.Hosts = append([]HostConfig(nil), cfg.Hosts...)
-		bad.Hosts[1].Shards = ShardRange{5, 12}
+		bad.Hosts[1].Shards = ShardSet{{5, 12}}
 		_, err = NewConnector(&bad)
 		note("overlap", err)
 		for _, s := range seen {
@@ -533,7 +533,7 @@ func TestSchemaNamesSafe(t *testing.T) {
 		if _, err := ParseConfig("shards=0-1; schema=" + dsnQuote(p, true)); !errors.Is(err, ErrBadConfig) {
 			t.Errorf("pattern %q accepted by ParseConfig: %v", p, err)
 		}
-		cfg := &Config{Hosts: []HostConfig{{Shards: ShardRange{0, 1}}}, SchemaPattern: p}
+		cfg := &Config{Hosts: []HostConfig{{Shards: ShardSet{{0, 1}}}}, SchemaPattern: p}
 		if _, err := NewConnector(cfg); !errors.Is(err, ErrBadConfig) {
 			t.Errorf("pattern %q accepted by NewConnector: %v", p, err)
 		}

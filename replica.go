@@ -404,11 +404,11 @@ func (rs *replicaSet) stats() []ReplicaStats {
 	return out
 }
 
-// openReplicas opens (or takes from keep) the pools of hc's replicas,
-// each with its monitor pointed at hc's primary, and adds the shards'
-// replica placements to f. Opened pools are appended to *opened, for the
-// caller to close on failure.
-func (c *Connector) openReplicas(cfg *Config, hc *HostConfig, primaryConn string, set poolSettings,
+// openReplicas opens (or takes from keep) the pools of hc's replicas, each
+// with its monitor pointed at hc's primary and counting the shards hc owns
+// now (owned). Opened pools are appended to *opened, for the caller to
+// close on failure.
+func (c *Connector) openReplicas(cfg *Config, hc *HostConfig, owned ShardSet, primaryConn string, set poolSettings,
 	keep map[string]*hostPool, opened *[]*hostPool, configure *[]func()) (*replicaSet, error) {
 	if len(hc.Replicas) == 0 {
 		return nil, nil
@@ -440,7 +440,7 @@ func (c *Connector) openReplicas(cfg *Config, hc *HostConfig, primaryConn string
 		}); err != nil {
 			return nil, fmt.Errorf("%w: host %s: %s", ErrBadConfig, hc.Name(), innerConfigErr(err))
 		}
-		h.shards.Store(int64(hc.Shards.Len()))
+		h.shards.Store(int64(owned.Len()))
 		rs.pools = append(rs.pools, h)
 	}
 	return rs, nil

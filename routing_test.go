@@ -47,8 +47,8 @@ func mockFleet(t *testing.T, blockTimeout time.Duration) (*sql.DB, *Connector, s
 	}
 	cfg := &Config{
 		Hosts: []HostConfig{
-			{Shards: ShardRange{1, 9}, Params: map[string]string{"host": "a", "password": "sekrit"}},
-			{Shards: ShardRange{9, 17}, Params: map[string]string{"host": "b"}},
+			{Shards: ShardSet{{1, 9}}, Params: map[string]string{"host": "a", "password": "sekrit"}},
+			{Shards: ShardSet{{9, 17}}, Params: map[string]string{"host": "b"}},
 		},
 		PoolMax:          1,
 		PoolBlockTimeout: blockTimeout,

@@ -265,8 +265,8 @@ func TestReconfigureMovesAShardUnderLoad(t *testing.T) {
 
 	moved := *cfg
 	moved.Hosts = append([]HostConfig(nil), cfg.Hosts...)
-	moved.Hosts[0].Shards = ShardRange{Start: 1, End: 8}
-	moved.Hosts[1].Shards = ShardRange{Start: 8, End: 17}
+	moved.Hosts[0].Shards = ShardSet{{Start: 1, End: 8}}
+	moved.Hosts[1].Shards = ShardSet{{Start: 8, End: 17}}
 	if err := c.Reconfigure(&moved); err != nil {
 		t.Fatal(err)
 	}
@@ -300,13 +300,13 @@ func TestReconfigureMovesAShardUnderLoad(t *testing.T) {
 		t.Errorf("the first host's pool was replaced, want it kept")
 	}
 	st := c.Stats()
-	if st[0].Shards != (ShardRange{1, 8}) || st[1].Shards != (ShardRange{8, 17}) {
+	if st[0].Shards.String() != (ShardRange{1, 8}).String() || st[1].Shards.String() != (ShardRange{8, 17}).String() {
 		t.Errorf("Stats after the move: %+v, %+v", st[0].Shards, st[1].Shards)
 	}
 	// A bad configuration changes nothing.
 	bad := moved
 	bad.Hosts = append([]HostConfig(nil), moved.Hosts...)
-	bad.Hosts[1].Shards = ShardRange{Start: 5, End: 17}
+	bad.Hosts[1].Shards = ShardSet{{Start: 5, End: 17}}
 	if err := c.Reconfigure(&bad); !errors.Is(err, ErrBadConfig) {
 		t.Errorf("overlapping Reconfigure: got %v", err)
 	}

@@ -45,7 +45,7 @@ func TestPoolModeConfig(t *testing.T) {
 			t.Errorf("%s: %v", m, err)
 		}
 	}
-	cfg := &Config{Hosts: []HostConfig{{Shards: ShardRange{0, 1}}}, PoolMode: "bogus"}
+	cfg := &Config{Hosts: []HostConfig{{Shards: ShardSet{{0, 1}}}}, PoolMode: "bogus"}
 	if err := cfg.Validate(); !errors.Is(err, ErrBadConfig) || !strings.Contains(err.Error(), "Config.PoolMode") {
 		t.Errorf("Validate: %v", err)
 	}

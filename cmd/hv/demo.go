@@ -72,7 +72,11 @@ func (c *cli) demoCmd(ctx context.Context, args []string) (err error) {
 	stats := ds.Connector().Stats()
 	total := 0
 	for _, h := range stats {
-		first, last := h.Shards.Start, h.Shards.End-1
+		list := h.Shards.List()
+		if len(list) == 0 {
+			continue
+		}
+		first, last := list[0], list[len(list)-1]
 		fmt.Fprintf(out, "   host %s owns shards %d-%d (schemas %s..%s)\n", h.Host, first, last,
 			ds.Connector().Config().SchemaName(first), ds.Connector().Config().SchemaName(last))
 		total += h.Shards.Len()
@@ -91,7 +95,7 @@ func (c *cli) demoCmd(ctx context.Context, args []string) (err error) {
 	setUp := ds.Connector().Stats() // the tour's statements are counted from here
 
 	// Shard 12 when the fleet has it, and one shard of another host.
-	shard := stats[0].Shards.Start
+	shard, _ := stats[0].Shards.First()
 	hostOf := 0
 	for i, h := range stats {
 		if h.Shards.Contains(12) {
@@ -101,7 +105,7 @@ func (c *cli) demoCmd(ctx context.Context, args []string) (err error) {
 	other := -1
 	for i, h := range stats {
 		if i != hostOf {
-			other = h.Shards.Start + h.Shards.Len()/2
+			other = h.Shards.List()[h.Shards.Len()/2]
 			break
 		}
 	}
@@ -235,7 +239,7 @@ func countEntities(ctx context.Context, ds *hv.Datastore) (map[int]int, error) {
 	out := map[int]int{}
 	cfg := ds.Connector().Config()
 	for _, h := range cfg.Hosts {
-		for s := h.Shards.Start; s < h.Shards.End; s++ {
+		for s := range h.Shards.All() {
 			if n := bySchema[cfg.SchemaName(s)]; n > 0 {
 				out[s] = n
 			}

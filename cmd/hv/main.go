@@ -65,7 +65,7 @@ commands:
   get <key>                           print an entity: kind, updated time and body
   status                              per host: shard range, reachability, extensions, pool statistics,
                                       replicas (up or down, lag, reads, fallbacks);
-                                      unowned shards; migration version skew
+                                      unowned shards; migration version skew; moved shards, moves in progress
   status -watch [-interval D] [-count N] [-top N]
                                       refresh per-host figures and the N (5) hottest shards every D (2s),
                                       N times (0: until interrupted), from the servers' statistics
@@ -73,6 +73,11 @@ commands:
                                       versioned migrations (goose) on every shard; -dir defaults to migrations
   migrate create [-dir DIR] [-seq] NAME [sql|go]
                                       a new empty migration file
+  move -shard N -to HOST [-max-pause D] [-checksum]
+                                      move a shard to another host online (HOST as status names it)
+  move -abort -shard N                remove what an interrupted move of shard N left behind
+  move -cleanup [-older-than D]       drop the fenced copies moves left on their sources (default 168h)
+  rebalance [-dry-run] [-drain HOST]  move shards, one at a time, until every host owns an equal share
   demo                                the tour; with no DSN it starts two throwaway PostgreSQL servers
 
 Flags may come before or after the other arguments. Shard ranges are half-open, as in the DSN
@@ -125,6 +130,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = c.statusCmd(ctx, rest)
 	case "migrate":
 		err = c.migrateCmd(ctx, rest)
+	case "move":
+		err = c.moveCmd(ctx, rest)
+	case "rebalance":
+		err = c.rebalanceCmd(ctx, rest)
 	case "demo":
 		err = c.demoCmd(ctx, rest)
 	case "help", "-h", "--help":
@@ -445,9 +454,14 @@ func (c *cli) statusCmd(ctx context.Context, args []string) error {
 	cfg := ds.Connector().Config()
 	var down int
 	for _, h := range ds.Connector().Stats() {
+		first, ok := h.Shards.First()
+		if !ok {
+			fmt.Fprintf(c.stdout, "host %s  no shards\n", h.Host)
+			continue
+		}
 		pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		start := time.Now()
-		err := ds.DB().PingContext(hv.WithShard(pctx, h.Shards.Start))
+		err := ds.DB().PingContext(hv.WithShard(pctx, first))
 		took := time.Since(start)
 		cancel()
 		state := fmt.Sprintf("up, ping %v", took.Round(10*time.Microsecond))
@@ -466,6 +480,7 @@ func (c *cli) statusCmd(ctx context.Context, args []string) error {
 	if down == 0 {
 		problems = append(problems, c.statusExtensions(ctx, ds)...)
 		problems = append(problems, c.statusMigrations(ctx, ds)...)
+		problems = append(problems, c.statusMoves(ctx, ds.Connector())...) // move.go
 	}
 	printStats(c.stdout, ds.Connector().Stats(), "")
 	problems = append(problems, statusReplicas(ctx, c.stdout, ds.Connector())...) // replicas.go
@@ -487,9 +502,14 @@ func printStats(w io.Writer, stats []hv.HostStats, indent string) {
 	}
 }
 
-// shardSpan returns a shard range as the DSN writes it, half-open: "1-9"
-// for shards 1 to 8.
-func shardSpan(r hv.ShardRange) string { return r.String() }
+// shardSpan returns a host's shards as the DSN writes them, half-open:
+// "1-9" for shards 1 to 8, "”" for none.
+func shardSpan(r hv.ShardSet) string {
+	if r.Len() == 0 {
+		return "''"
+	}
+	return r.String()
+}
 
 // sortedShards returns the keys of m in order.
 func sortedShards(m map[int]int) []int {

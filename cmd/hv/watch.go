@@ -29,6 +29,7 @@ type hostSample struct {
 	host      hv.HostStats
 	ping      time.Duration
 	err       error // the host did not answer
+	idle      bool  // the host owns no shard: hv cannot reach it
 	conns     int64 // the database's client connections
 	active    int64
 	idleInTx  int64
@@ -68,8 +69,16 @@ func takeSample(ctx context.Context, ds *hv.Datastore) sample {
 	cfg := ds.Connector().Config()
 	for _, h := range ds.Connector().Stats() {
 		hs := hostSample{host: h, shards: map[int]shardSample{}}
+		first, ok := h.Shards.First()
+		if !ok {
+			// hv reaches a host through one of its shards: a host that
+			// owns none (a new one, or one drained) has no figures here.
+			hs.idle = true
+			s.hosts = append(s.hosts, hs)
+			continue
+		}
 		hs.err = func() error {
-			qctx, cancel := context.WithTimeout(hv.WithShard(ctx, h.Shards.Start), 10*time.Second)
+			qctx, cancel := context.WithTimeout(hv.WithShard(ctx, first), 10*time.Second)
 			defer cancel()
 			start := time.Now()
 			if err := ds.DB().PingContext(qctx); err != nil {
@@ -80,7 +89,7 @@ func takeSample(ctx context.Context, ds *hv.Datastore) sample {
 				return err
 			}
 			shardOf := map[string]int{}
-			for n := h.Shards.Start; n < h.Shards.End; n++ {
+			for n := range h.Shards.All() {
 				shardOf[cfg.SchemaName(n)] = n
 			}
 			rows, err := ds.DB().QueryContext(qctx, shardsSQL)
@@ -135,6 +144,10 @@ func printSample(w io.Writer, cur, prev sample, o watchOptions) {
 	}
 	var hots []hot
 	for _, h := range cur.hosts {
+		if h.idle {
+			fmt.Fprintf(w, "host %s  shards ''  owns no shards\n", h.host.Host)
+			continue
+		}
 		if h.err != nil {
 			fmt.Fprintf(w, "host %s  shards %s  DOWN: %s\n", h.host.Host, shardSpan(h.host.Shards), errorText(context.Background(), h.err))
 			continue

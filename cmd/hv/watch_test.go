@@ -81,8 +81,8 @@ func TestStatusWatch(t *testing.T) {
 // over the interval, the hottest shards in order, a host that is down.
 func TestPrintSample(t *testing.T) {
 	at := time.Date(2026, 12, 2, 1, 0, 0, 0, time.UTC)
-	a := hv.HostStats{Host: "a:5432/db", Shards: hv.ShardRange{Start: 1, End: 3}}
-	b := hv.HostStats{Host: "b:5432/db", Shards: hv.ShardRange{Start: 3, End: 5}}
+	a := hv.HostStats{Host: "a:5432/db", Shards: hv.Shards(1, 3)}
+	b := hv.HostStats{Host: "b:5432/db", Shards: hv.Shards(3, 5)}
 	prev := sample{at: at, hosts: []hostSample{
 		{host: a, commits: 100, shards: map[int]shardSample{1: {scans: 10, writes: 5}, 2: {scans: 1}}},
 		{host: b, commits: 7, shards: map[int]shardSample{3: {scans: 3}}},

@@ -59,7 +59,7 @@ func shardFor(shards []int, email string) int {
 func fleetShards(cfg *hv.Config) []int {
 	var shards []int
 	for _, h := range cfg.Hosts {
-		for n := h.Shards.Start; n < h.Shards.End; n++ {
+		for n := range h.Shards.All() {
 			shards = append(shards, n)
 		}
 	}

@@ -74,7 +74,7 @@ func run(ctx context.Context, dsn string, out io.Writer) error {
 	}
 	c := ds.Connector()
 	for _, h := range c.Stats() {
-		for n := h.Shards.Start; n < h.Shards.End; n++ {
+		for n := range h.Shards.All() {
 			if err := migrateShard(ctx, c, n); err != nil {
 				return &hv.ShardError{Shard: n, Host: h.Host, Err: err}
 			}
