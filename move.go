@@ -145,6 +145,7 @@ type mover struct {
 	report     *MoveReport
 	phaseStart time.Time
 	phase      string
+	trace      moveTrace // tracer_move.go
 }
 
 // MoveShard moves shard from the host that owns it to the host named to
@@ -170,9 +171,13 @@ func MoveShard(ctx context.Context, c *Connector, shard int, to string, opts *Mo
 		return nil, err
 	}
 	defer m.close()
+	m.trace = traceMove(ctx, c.fleet.Load().tracer, shard, &m.from, &m.to)
 	if err := m.run(ctx); err != nil {
-		return nil, m.fail(err)
+		err = m.fail(err)
+		m.trace.end(nil, err)
+		return nil, err
 	}
+	m.trace.end(m.report, nil)
 	return m.report, nil
 }
 
@@ -289,6 +294,7 @@ func (m *mover) fail(err error) error {
 func (m *mover) begin(phase string) error {
 	m.endPhase()
 	m.phase, m.phaseStart = phase, time.Now()
+	m.trace.phase(phase)
 	m.progress(MoveProgress{})
 	if m.opts.hook != nil {
 		return m.opts.hook(phase)

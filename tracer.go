@@ -13,7 +13,7 @@ import (
 // TraceStatementEnd, with the context TraceStatementStart returned, when
 // it has ended: for a query, when its rows are closed. Set it as
 // Config.Tracer; hv/otelhv and hv/promhv implement it. A Tracer may also
-// implement FanOutTracer and PoolTracer.
+// implement FanOutTracer, PoolTracer and MoveTracer.
 //
 // Its methods are called concurrently and must not block. With no Tracer
 // hv calls nothing and allocates nothing for tracing.
@@ -160,8 +160,8 @@ type PoolWait struct {
 }
 
 // MultiTracer returns a Tracer that tells each of ts, in order (the context
-// one returns is passed to the next), and implements FanOutTracer and
-// PoolTracer for those of ts that do. Nil tracers are skipped; with none
+// one returns is passed to the next), and implements FanOutTracer,
+// PoolTracer and MoveTracer for those of ts that do. Nil tracers are skipped; with none
 // left it returns nil.
 func MultiTracer(ts ...Tracer) Tracer {
 	var m multiTracer

@@ -28,6 +28,8 @@ type event struct {
 	end    StatementEnd
 	fo     FanOutEnd
 	wait   PoolWait
+	move   MoveEnd
+	phase  string
 }
 
 type spanKey struct{}
@@ -432,5 +434,53 @@ func BenchmarkTracer(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+func (r *recorder) TraceMoveStart(ctx context.Context, mv Move) context.Context {
+	return context.WithValue(ctx, spanKey{}, r.add(event{kind: "movestart", span: spanOf(ctx), move: MoveEnd{Move: mv}}))
+}
+
+func (r *recorder) TraceMovePhase(ctx context.Context, mv Move, phase string) {
+	r.add(event{kind: "movephase", span: spanOf(ctx), move: MoveEnd{Move: mv}, phase: phase})
+}
+
+func (r *recorder) TraceMoveEnd(ctx context.Context, end MoveEnd) {
+	r.add(event{kind: "moveend", span: spanOf(ctx), move: end})
+}
+
+// TestTracerMove: a move the source refuses (the fleet's servers lack
+// wal_level=logical) is one traced move, its check phase and its end with
+// the refusal, under the span its start returned.
+func TestTracerMove(t *testing.T) {
+	f := newTestFleet(t, fleetOptions{})
+	var r recorder
+	c, _ := f.openTraced(t, &r)
+	to := c.Config().Hosts[1].Name()
+	_, err := MoveShard(context.Background(), c, 3, to, nil)
+	if !errors.Is(err, ErrBadMove) {
+		t.Fatalf("MoveShard: %v, want ErrBadMove (wal_level)", err)
+	}
+	var got []string
+	var span int
+	for _, e := range r.take() {
+		if !strings.HasPrefix(e.kind, "move") {
+			continue
+		}
+		got = append(got, e.kind+" "+e.phase)
+		if e.kind == "movestart" {
+			span = e.span
+			if e.move.Shard != 3 || e.move.From.Name != c.Config().Hosts[0].Name() || e.move.To.Name != to {
+				t.Errorf("start %+v", e.move.Move)
+			}
+		} else if e.span != span {
+			t.Errorf("%s under span %d, want %d", e.kind, e.span, span)
+		}
+		if e.kind == "moveend" && (!errors.Is(e.move.Err, ErrBadMove) || e.move.Report != nil || e.move.Duration <= 0) {
+			t.Errorf("end %+v", e.move)
+		}
+	}
+	if want := []string{"movestart ", "movephase check", "moveend "}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("move events %q, want %q", got, want)
 	}
 }

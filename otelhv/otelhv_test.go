@@ -487,3 +487,44 @@ func byShard(t *testing.T, rm *metricdata.ResourceMetrics, name string) map[int]
 	}
 	return out
 }
+
+// TestMoveSpan: a move the source refuses (its server lacks
+// wal_level=logical) is one span with its phase event and the refusal.
+func TestMoveSpan(t *testing.T) {
+	f := newFixture(t, "")
+	f.ended()
+	from, to := f.c.Config().Hosts[0].Name(), f.c.Config().Hosts[1].Name()
+	if _, err := hv.MoveShard(context.Background(), f.c, 3, to, nil); !errors.Is(err, hv.ErrBadMove) {
+		t.Fatalf("MoveShard: %v, want ErrBadMove", err)
+	}
+	var moves []sdktrace.ReadOnlySpan
+	for _, s := range f.ended() {
+		if s.Name() == "hv.move shard 3" {
+			moves = append(moves, s)
+		}
+	}
+	if len(moves) != 1 {
+		t.Fatalf("%d move spans", len(moves))
+	}
+	s := moves[0]
+	a := attrs(s)
+	if a[otelhv.ShardKey].AsInt64() != 3 || a[otelhv.MoveFromKey].AsString() != from || a[otelhv.MoveToKey].AsString() != to {
+		t.Errorf("attributes %v", a)
+	}
+	if s.Status().Code != codes.Error {
+		t.Errorf("status %v", s.Status())
+	}
+	var phases []string
+	for _, e := range s.Events() {
+		if e.Name == "hv.move.phase" {
+			for _, kv := range e.Attributes {
+				if kv.Key == otelhv.MovePhaseKey {
+					phases = append(phases, kv.Value.AsString())
+				}
+			}
+		}
+	}
+	if fmt.Sprint(phases) != "[check]" {
+		t.Errorf("phases %v", phases)
+	}
+}
