@@ -200,17 +200,44 @@ func errEveryShardFailed(report *FanOutReport) error {
 
 // onShard runs fn on a session of pl's host, holding one of the fan-out's
 // slots for that host. A pool that Reconfigure retired meanwhile is left
-// for the shard's new owner. Errors are *ShardError.
+// for the shard's new owner, and a shard whose statement met its fenced
+// copy (moved.go) runs once more on the host it moved to. Errors are
+// *ShardError.
 func (p *fanOut) onShard(ctx context.Context, pl *placement, fn func(s *session, pl *placement) error) (err error) {
 	ctx, tr := p.traceShard(ctx, pl)
 	defer func() { tr.endShard(pl, err) }()
-	slots := p.slots[pl.host]
-	select {
-	case slots <- struct{}{}:
-	case <-ctx.Done():
-		return shardErr(pl.shard, pl.host.name, context.Cause(ctx))
+	pl, err = p.runShard(ctx, pl, fn)
+	if !mayBeMoved(err) {
+		return err
 	}
-	defer func() { <-slots }()
+	// The shard may have moved (moved.go): its statement failed before it
+	// ran, so it runs once more on the new owner.
+	lctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookupTimeout)
+	moved, lerr := p.connector.movedAway(lctx, p.connector.fleet.Load(), pl, err)
+	cancel()
+	if lerr != nil || !moved {
+		return err
+	}
+	moved2, perr := p.connector.fleet.Load().place(pl.shard)
+	if perr != nil {
+		return perr
+	}
+	pl, err = p.runShard(ctx, moved2, fn)
+	return err
+}
+
+// runShard runs fn on a connection of pl's host, waiting for the host's
+// fan-out slot, and returns the placement it ran on: another one when the
+// fleet changed meanwhile.
+func (p *fanOut) runShard(ctx context.Context, pl *placement, fn func(s *session, pl *placement) error) (*placement, error) {
+	if slots := p.slots[pl.host]; slots != nil { // nil: a host this plan did not know (a moved shard's)
+		select {
+		case slots <- struct{}{}:
+		case <-ctx.Done():
+			return pl, shardErr(pl.shard, pl.host.name, context.Cause(ctx))
+		}
+		defer func() { <-slots }()
+	}
 	sc, slot, err := pl.host.acquire(ctx, pl)
 	if err != nil && err != errPoolRetired && pl.onReplica() && ctx.Err() == nil {
 		// The replica cannot be reached: read the shard from the primary.
@@ -225,14 +252,14 @@ func (p *fanOut) onShard(ctx context.Context, pl *placement, fn func(s *session,
 		}
 	}
 	if err != nil {
-		return err
+		return pl, err
 	}
 	defer pl.host.release(sc, slot)
 	err = withSession(sc, func(s *session) error { return fn(s, pl) })
 	if !stopped(ctx, err) {
 		pl.countStatement(err)
 	}
-	return shardErr(pl.shard, pl.host.name, err)
+	return pl, shardErr(pl.shard, pl.host.name, err)
 }
 
 // fanOutExec runs query on every shard of the plan and returns the sum of

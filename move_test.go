@@ -321,6 +321,16 @@ func TestMoveShardOnline(t *testing.T) {
 	if err := run(); err != nil {
 		t.Fatalf("retried transaction: %v", err)
 	}
+	// A fan-out from a process that has not met the move runs the moved
+	// shard's statement again on its new owner.
+	fan := f.open(t)
+	rows, err := fan.DB().QueryContext(WithAllShards(ctx), "SELECT count(*) FROM entities")
+	if err != nil {
+		t.Fatalf("fan-out after the move: %v", err)
+	}
+	if n := len(rowStrings(t, rows)); n != 8 {
+		t.Fatalf("fan-out after the move: %d shards answered, want 8", n)
+	}
 	// EachShard retries a shard that moved under it.
 	third := f.open(t)
 	res := third.EachShard(ctx, func(ctx context.Context, tx *sql.Tx, s int) error {
