@@ -209,34 +209,12 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	}
 	ctx, tr := c.trace(ctx, OpQuery, query) // ended when the rows close
 	var inner driver.Rows
-	for attempt := 0; ; attempt++ {
-		if err := c.lease(ctx); err != nil {
-			return nil, tr.end(nil, err)
-		}
-		var start time.Time
-		debug := c.connector.debugEnabled(ctx)
-		if debug {
-			start = time.Now()
-		}
-		err := withSession(c.phys, func(s *session) error {
-			var err error
-			inner, err = s.query(ctx, c.place, query, args)
-			return err
-		})
-		c.place.countStatement(err)
-		if debug {
-			c.connector.logStatement(ctx, c.place, start, err)
-		}
-		if err == nil {
-			break
-		}
-		p := c.place
-		if attempt > 0 || !mayBeMoved(err) {
-			return nil, tr.end(p, c.fail(err))
-		}
-		if retry, err := c.afterMoved(ctx, err); !retry { // moved.go
-			return nil, tr.end(p, err)
-		}
+	if err := c.send(ctx, &tr, func(s *session) error {
+		var err error
+		inner, err = s.query(ctx, c.place, query, args)
+		return err
+	}); err != nil {
+		return nil, err
 	}
 	if ryw := rywFrom(ctx); ryw != nil && !c.place.onReplica() && queryWrites(query) {
 		if c.tx != nil {
@@ -251,6 +229,37 @@ func (c *conn) QueryContext(ctx context.Context, query string, args []driver.Nam
 	return r, nil
 }
 
+// send leases a connection on the shard and runs fn on its session; a
+// statement that met the fenced copy of a shard that moved (moved.go) runs
+// once more, on the new owner. Errors are c.fail's, and end tr.
+func (c *conn) send(ctx context.Context, tr *traced, fn func(s *session) error) error {
+	for attempt := 0; ; attempt++ {
+		if err := c.lease(ctx); err != nil {
+			return tr.end(nil, err)
+		}
+		var start time.Time
+		debug := c.connector.debugEnabled(ctx)
+		if debug {
+			start = time.Now()
+		}
+		err := withSession(c.phys, fn)
+		c.place.countStatement(err)
+		if debug {
+			c.connector.logStatement(ctx, c.place, start, err)
+		}
+		if err == nil {
+			return nil
+		}
+		p := c.place
+		if attempt > 0 || !mayBeMoved(err) {
+			return tr.end(p, c.fail(err))
+		}
+		if retry, err := c.afterMoved(ctx, err); !retry { // moved.go
+			return tr.end(p, err)
+		}
+	}
+}
+
 // ExecContext runs query on the shard's schema.
 func (c *conn) ExecContext(ctx context.Context, query string, args []driver.NamedValue) (driver.Result, error) {
 	if route, ok := fanOutFrom(ctx); ok {
@@ -260,42 +269,21 @@ func (c *conn) ExecContext(ctx context.Context, query string, args []driver.Name
 		return nil, ErrConnBusy
 	}
 	ctx, tr := c.trace(ctx, OpExec, query)
-	for attempt := 0; ; attempt++ {
-		if err := c.lease(ctx); err != nil {
-			return nil, tr.end(nil, err)
-		}
-		var start time.Time
-		debug := c.connector.debugEnabled(ctx)
-		if debug {
-			start = time.Now()
-		}
-		var res driver.Result
-		err := withSession(c.phys, func(s *session) error {
-			var err error
-			res, err = s.exec(ctx, c.place, query, args)
-			return err
-		})
-		c.place.countStatement(err)
-		if debug {
-			c.connector.logStatement(ctx, c.place, start, err)
-		}
-		if err == nil {
-			tr.end(c.place, nil)
-			if ryw := rywFrom(ctx); ryw != nil && c.tx != nil && !c.place.onReplica() {
-				c.tx.ryw = ryw // noted at COMMIT
-			} else {
-				c.noteWrite(ryw) // readyourwrites.go
-			}
-			return res, nil
-		}
-		p := c.place
-		if attempt > 0 || !mayBeMoved(err) {
-			return nil, tr.end(p, c.fail(err))
-		}
-		if retry, err := c.afterMoved(ctx, err); !retry { // moved.go
-			return nil, tr.end(p, err)
-		}
+	var res driver.Result
+	if err := c.send(ctx, &tr, func(s *session) error {
+		var err error
+		res, err = s.exec(ctx, c.place, query, args)
+		return err
+	}); err != nil {
+		return nil, err
 	}
+	tr.end(c.place, nil)
+	if ryw := rywFrom(ctx); ryw != nil && c.tx != nil && !c.place.onReplica() {
+		c.tx.ryw = ryw // noted at COMMIT
+	} else {
+		c.noteWrite(ryw) // readyourwrites.go
+	}
+	return res, nil
 }
 
 // PrepareContext returns a statement that keeps the SQL and runs it on the
