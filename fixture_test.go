@@ -97,9 +97,19 @@ func (f *testFleet) open(t testing.TB) *sql.DB {
 // Config too (for Reconfigure).
 func (f *testFleet) connect(t testing.TB) (*Config, *Connector, *sql.DB) {
 	t.Helper()
-	cfg, err := ParseConfig(f.dsn)
+	return openDSN(t, f.dsn, nil)
+}
+
+// openDSN opens a Connector and its *sql.DB on dsn, closed when t ends,
+// after adjust (when not nil) has changed the parsed Config.
+func openDSN(t testing.TB, dsn string, adjust func(*Config)) (*Config, *Connector, *sql.DB) {
+	t.Helper()
+	cfg, err := ParseConfig(dsn)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if adjust != nil {
+		adjust(cfg)
 	}
 	c, err := NewConnector(cfg)
 	if err != nil {

@@ -104,16 +104,7 @@ func (rf *replicaFleet) dsn(primaryHost, global string) string {
 // open opens a Connector on the fleet's DSN.
 func (rf *replicaFleet) open(t testing.TB, primaryHost, global string) (*Connector, *sql.DB) {
 	t.Helper()
-	cfg, err := ParseConfig(rf.dsn(primaryHost, global))
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := NewConnector(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	db := sql.OpenDB(c)
-	t.Cleanup(func() { db.Close() })
+	_, c, db := openDSN(t, rf.dsn(primaryHost, global), nil)
 	return c, db
 }
 

@@ -82,17 +82,7 @@ func (r *recorder) take() []event {
 // openTraced opens f with t as Config.Tracer.
 func (f *testFleet) openTraced(tb testing.TB, t Tracer) (*Connector, *sql.DB) {
 	tb.Helper()
-	cfg, err := ParseConfig(f.dsn)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cfg.Tracer = t
-	c, err := NewConnector(cfg)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	db := sql.OpenDB(c)
-	tb.Cleanup(func() { db.Close() })
+	_, c, db := openDSN(tb, f.dsn, func(cfg *Config) { cfg.Tracer = t })
 	return c, db
 }
 
