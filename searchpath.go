@@ -44,18 +44,21 @@ func (c *Config) ExtSchema() string {
 // TO ...", or with local "SET LOCAL search_path TO ..." (the current
 // transaction only). It is the only place hv builds that statement.
 func searchPathSQL(local bool, schema, ext string) string {
-	var b strings.Builder
-	b.WriteString("SET ")
+	set := "SET search_path TO "
 	if local {
-		b.WriteString("LOCAL ")
+		set = "SET LOCAL search_path TO "
 	}
-	b.WriteString("search_path TO ")
-	b.WriteString(quoteIdent(schema))
-	if ext != "" {
-		b.WriteString(", ")
-		b.WriteString(quoteIdent(ext))
+	return set + searchPathValue(schema, ext)
+}
+
+// searchPathValue returns search_path's value for schema, with the
+// extension schema ext after it when ext is not "": the quoted list that
+// searchPathSQL sets and that set_config takes (session_txmode.go).
+func searchPathValue(schema, ext string) string {
+	if ext == "" {
+		return quoteIdent(schema)
 	}
-	return b.String()
+	return quoteIdent(schema) + ", " + quoteIdent(ext)
 }
 
 // checkExtensionSchema returns why ext cannot be the extension schema of a
