@@ -190,7 +190,7 @@ func (h *hostPool) takeIdle(schema string) (c *sql.Conn, retired bool) {
 		return nil, false
 	}
 	pick := n - 1
-	if alone := h.conns.inUse() == 1; alone && !h.idle[pick].sess.on(schema) {
+	if alone := h.conns.inUse() == 1; alone && !alwaysMostRecent.Load() && !h.idle[pick].sess.on(schema) {
 		pick = h.mostRecent(func(ic *idleConn) bool { return ic.sess.on(schema) })
 		// Every permit holder, other than us, holds a connection; so do
 		// the idle ones. Room for one more: let the inner pool give it.
@@ -211,6 +211,12 @@ func (h *hostPool) takeIdle(schema string) (c *sql.Conn, retired bool) {
 	h.idle = h.idle[:n-1]
 	return c, false
 }
+
+// alwaysMostRecent, set by BenchmarkPolicy, drops the rule for a statement
+// alone on its host (take the connection on schema, or open one per shard):
+// every statement takes the most recently released connection, the switch
+// riding along. It lets one run compare both rules side by side.
+var alwaysMostRecent atomic.Bool
 
 // mostRecent returns the index of the most recently released idle
 // connection for which ok holds, or -1. Called with h.mu held. An idle
