@@ -95,8 +95,9 @@ func newBenchFleet(b *testing.B, hosts, shards int, global string) *benchFleet {
 
 // runPoint runs stmt on random shards 1..shards from goroutines
 // goroutines, after an untimed warm-up the same way (connections open,
-// statements prepared), and reports statements per second.
-func runPoint(b *testing.B, goroutines, shards int, stmt func(s int) error) {
+// statements prepared), and reports statements per second; started (if not
+// nil) is called when the timing starts.
+func runPoint(b *testing.B, goroutines, shards int, started func(), stmt func(s int) error) {
 	var wg sync.WaitGroup
 	for g := range goroutines {
 		wg.Go(func() {
@@ -110,6 +111,9 @@ func runPoint(b *testing.B, goroutines, shards int, stmt func(s int) error) {
 		})
 	}
 	wg.Wait()
+	if started != nil {
+		started()
+	}
 	defer reportCPU(b)()
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -180,7 +184,7 @@ func BenchmarkPolicy(b *testing.B) {
 			for _, g := range []int{1, 8, 64} {
 				name := fmt.Sprintf("hosts=%d/shards=%d/g=%d", hosts, shards, g)
 				b.Run(name+"/via=direct", func(b *testing.B) {
-					runPoint(b, g, shards, func(s int) error {
+					runPoint(b, g, shards, nil, func(s int) error {
 						var got int
 						return direct[(s-1)/f.perHost].QueryRowContext(ctx, qualified[s], 0).Scan(&got)
 					})
@@ -194,7 +198,7 @@ func BenchmarkPolicy(b *testing.B) {
 						alwaysMostRecent.Store(recent)
 						defer alwaysMostRecent.Store(false)
 						before := switches(c)
-						runPoint(b, g, shards, func(s int) error {
+						runPoint(b, g, shards, nil, func(s int) error {
 							var got int
 							return hv.QueryRowContext(routed[s], "SELECT shard FROM t WHERE id = $1", 0).Scan(&got)
 						})
@@ -228,7 +232,7 @@ func BenchmarkTxMode(b *testing.B) {
 		}
 		db.SetMaxIdleConns(20)
 		b.Run("shards=16/g=1/via="+mode, func(b *testing.B) {
-			runPoint(b, 1, 16, func(s int) error {
+			runPoint(b, 1, 16, nil, func(s int) error {
 				var got int
 				return db.QueryRowContext(routed[s], "SELECT shard FROM t WHERE id = $1", 0).Scan(&got)
 			})
