@@ -145,10 +145,8 @@ func runPoint(b *testing.B, goroutines, shards int, started func(), stmt func(s 
 // SELECT on a random shard, for 1, 8 and 64 goroutines, 16 and 256 shards,
 // 2 and 4 hosts (4 are 4 databases on two servers), directly through pgx
 // (schema-qualified, one *sql.DB per host, the same pool max) and through
-// hv with its rule, "always the most recently released connection, the
-// switch riding along" (via=hv), and with the rule before issue 18 for a
-// statement alone on its host (via=hv-alone: the connection on schema, or a
-// new one per shard while the host has room). The row
+// hv with today's rule (via=hv) and with "always the most recently released
+// connection, the switch riding along" (via=hv-recent). The row
 // hosts=4/shards=256/g=64 is the throughput at scale. Compare with
 // `benchstat -col /via`.
 func BenchmarkPolicy(b *testing.B) {
@@ -191,14 +189,14 @@ func BenchmarkPolicy(b *testing.B) {
 						return direct[(s-1)/f.perHost].QueryRowContext(ctx, qualified[s], 0).Scan(&got)
 					})
 				})
-				for _, alone := range []bool{false, true} {
+				for _, recent := range []bool{false, true} {
 					via := "hv"
-					if alone {
-						via = "hv-alone"
+					if recent {
+						via = "hv-recent"
 					}
 					b.Run(name+"/via="+via, func(b *testing.B) {
-						aloneRule.Store(alone)
-						defer aloneRule.Store(false)
+						alwaysMostRecent.Store(recent)
+						defer alwaysMostRecent.Store(false)
 						before := switches(c)
 						runPoint(b, g, shards, nil, func(s int) error {
 							var got int

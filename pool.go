@@ -99,8 +99,11 @@ func (h *hostPool) poolMax() int { return h.settings.Load().poolMax }
 // acquire takes a connection of t's host for t's shard, waiting at most the
 // pool block timeout in all for a free one: first for one of the shard's
 // shard_max slots, when a cap is set, then for one of the host's pool_max.
-// It takes an idle connection as takeIdle chooses, else one from the inner
-// pool. The caller must give it back with h.release(conn, slot). Errors are *ShardError, except
+// It prefers, in order: an idle connection on t's schema; a connection from
+// the inner pool while the host has fewer than pool_max connections open
+// (in time, every shard of a host with no more shards than pool_max gets
+// its own); the least recently used idle connection. The caller must give
+// it back with h.release(conn, slot). Errors are *ShardError, except
 // errPoolRetired.
 func (h *hostPool) acquire(ctx context.Context, t *placement) (*sql.Conn, *semaphore, error) {
 	set := h.settings.Load()
@@ -162,21 +165,20 @@ func (h *hostPool) unlock(slot *semaphore) {
 // nil to take one from the inner pool; retired is set (and no connection
 // returned) when the pool has left the fleet.
 //
-// It takes the most recently released connection, as database/sql does,
-// the switch of schema riding along with the statement, unless that one is
-// neither on schema nor has the schema's prepared statements and another
-// has them (most recent first); it opens no connection while one is idle.
-// A connection idle for a while costs the host's CPUs more to wake than a
-// switch costs the server. BenchmarkPolicy (1, 8 and 64 goroutines, 16 and
-// 256 shards, 2 and 4 hosts) compares it with the rule before it (with no
-// other statement of the host in flight, the connection on schema, or a new
-// one per shard while the host had room), kept behind aloneRule: geomean
-// of the 12 rows hv/direct 0.88× against 1.21× on loopback and 1.01×
-// against 1.07× on a 0.25 ms network at load ~10 on 2 cores (3
-// alternations), but 1.09× against 0.94× and 1.01× against 0.96× at load
-// ~2 (2 alternations). The figures do not settle it; this rule has one
-// special case fewer and wakes fewer backends, and the benchmark keeps the
-// comparison for a quieter machine.
+// With no other statement of the host in flight, it takes an idle
+// connection already on schema (most recently released first); else, when
+// the host owns no more shards than pool_max, none while the host has room
+// for another connection: in time every shard gets a connection of its own
+// and statements stop switching schema.
+//
+// Otherwise the statement switches a connection's schema, and the switch
+// rides along with it: it takes the most recently released connection, as
+// database/sql does, unless that one lacks the schema's prepared statements
+// and another has them (most recent first). Under load it does so even when
+// an older connection is on schema, and a host with more shards than
+// pool_max opens no connection while one is idle: waking a connection that
+// has been idle longer costs the host's CPUs more than the switch costs the
+// server (BenchmarkRandomShard: 16 shards with 8 goroutines, 256 shards).
 func (h *hostPool) takeIdle(schema string) (c *sql.Conn, retired bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -188,7 +190,7 @@ func (h *hostPool) takeIdle(schema string) (c *sql.Conn, retired bool) {
 		return nil, false
 	}
 	pick := n - 1
-	if alone := h.conns.inUse() == 1; alone && aloneRule.Load() && !h.idle[pick].sess.on(schema) {
+	if alone := h.conns.inUse() == 1; alone && !alwaysMostRecent.Load() && !h.idle[pick].sess.on(schema) {
 		pick = h.mostRecent(func(ic *idleConn) bool { return ic.sess.on(schema) })
 		// Every permit holder, other than us, holds a connection; so do
 		// the idle ones. Room for one more: let the inner pool give it.
@@ -210,11 +212,13 @@ func (h *hostPool) takeIdle(schema string) (c *sql.Conn, retired bool) {
 	return c, false
 }
 
-// aloneRule, set by BenchmarkPolicy only, brings back the rule before issue
-// 18 for a statement alone on its host (the connection on schema, or a new
-// one per shard while the host has room), so that one run compares both
-// rules side by side.
-var aloneRule atomic.Bool
+// alwaysMostRecent, set by BenchmarkPolicy only, drops the rule for a
+// statement alone on its host (take the connection on schema, or open one
+// per shard): every statement takes the most recently released connection,
+// the switch riding along. It lets one run compare both rules side by
+// side; at load ~2 this rule won the throughput at scale on loopback and
+// on a 0.25 ms network (README, Performance), at load ~10 the other did.
+var alwaysMostRecent atomic.Bool
 
 // mostRecent returns the index of the most recently released idle
 // connection for which ok holds, or -1. Called with h.mu held. An idle
