@@ -216,8 +216,8 @@ func (h *hostPool) takeIdle(schema string) (c *sql.Conn, retired bool) {
 // statement alone on its host (take the connection on schema, or open one
 // per shard): every statement takes the most recently released connection,
 // the switch riding along. It lets one run compare both rules side by
-// side; at load ~2 this rule won the throughput at scale on loopback and
-// on a 0.25 ms network (README, Performance), at load ~10 the other did.
+// side. On the shared 2-core machine the runs disagreed, run to run, on
+// which rule is faster (README, Performance).
 var alwaysMostRecent atomic.Bool
 
 // mostRecent returns the index of the most recently released idle
