@@ -32,21 +32,42 @@ $(BENCHSTAT):
 	$(GO) install golang.org/x/perf/cmd/benchstat@latest
 
 ## bench: routed point SELECTs against direct pgx on the same two servers
-## (fixed shard; random of 16 with 1 and 8 goroutines; random of 256), the
-## ways of switching schema on one connection, and a fan-out against one
-## shard. The test binary runs COUNT times, so that the sides alternate run
-## by run (go test -count repeats one benchmark before the next); then
-## benchstat prints medians and ratios side by side.
+## (fixed shard; random of 16 with 1 and 8 goroutines; random of 256),
+## transaction mode against session mode, the connection policy (1, 8 and
+## 64 goroutines, 16 and 256 shards, 2 and 4 hosts; today's rule via=hv,
+## always the most recent connection via=hv-recent; hosts=4/shards=256/g=64
+## is the throughput at scale), the ways of switching schema on one
+## connection, and a fan-out against one shard. The test binary runs COUNT
+## times, so that the sides alternate run by run (go test -count repeats one
+## benchmark before the next); then benchstat prints medians and ratios side
+## by side. With NET set (a one-way delay, e.g. NET=0.25ms) the same
+## benchmarks run again, NETCOUNT times, with every connection, direct and
+## hv alike, through a proxy on loopback that delays each direction
+## (internal/netem); the loopback column comes first.
+NET       ?=
+NETCOUNT  ?= 3
+NETBENCHTIME ?= 1000x
+POLICYTIME ?= 1000x
+BENCHES    = PointSelect|RandomShard|TxMode|SchemaSwitch|FanOut$$
 bench: $(BENCHSTAT)
 	$(GO) test -c -o hv.bench.test .
-	rm -f bench.out
-	for i in $$(seq $(COUNT)); do echo "run $$i of $(COUNT)"; \
-		./hv.bench.test -test.run '^$$' -test.bench 'PointSelect|RandomShard|SchemaSwitch|FanOut$$' -test.benchmem \
-			-test.benchtime $(BENCHTIME) -test.count 1 >> bench.out || exit 1; done
+	set -e; for net in loopback $(NET); do \
+		out=bench.$$net.out; rm -f $$out; count=$(COUNT); delay=; bt=$(BENCHTIME); \
+		if [ $$net != loopback ]; then count=$(NETCOUNT); delay=$$net; bt=$(NETBENCHTIME); fi; \
+		for i in $$(seq $$count); do echo "$$net: run $$i of $$count"; \
+			HV_BENCH_NET=$$delay ./hv.bench.test -test.run '^$$' -test.bench '$(BENCHES)' -test.benchmem \
+				-test.benchtime $$bt -test.count 1 >> $$out; \
+			HV_BENCH_NET=$$delay ./hv.bench.test -test.run '^$$' -test.bench 'Policy' -test.benchmem \
+				-test.benchtime $(POLICYTIME) -test.count 1 >> $$out; done; \
+	done
 	rm -f hv.bench.test
-	$(BENCHSTAT) -filter '.name:/^(PointSelect|RandomShard)/' -col /via bench.out
-	$(BENCHSTAT) -filter '.name:SchemaSwitch' -col /via bench.out
-	$(BENCHSTAT) -filter '.name:FanOut' -col /via bench.out
+	for net in loopback $(NET); do echo; echo "=== network: $$net (one-way delay)"; \
+		$(BENCHSTAT) -filter '.name:/^(PointSelect|RandomShard)/' -col /via bench.$$net.out; \
+		$(BENCHSTAT) -filter '.name:TxMode' -col /via bench.$$net.out; \
+		$(BENCHSTAT) -filter '.name:Policy' -col /via bench.$$net.out; \
+		$(BENCHSTAT) -filter '.name:SchemaSwitch' -col /via bench.$$net.out; \
+		$(BENCHSTAT) -filter '.name:FanOut' -col /via bench.$$net.out; \
+	done
 
 FUZZTIME ?= 10s
 

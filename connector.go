@@ -70,13 +70,16 @@ func (h fleetHost) pools() []*hostPool {
 // placement is where one shard lives in a fleet: its host and schema, the
 // statements that put a session's search_path on it (setPath, and
 // localPath for the current transaction only; both name the extension
-// schema after it, searchpath.go), and the shard's counters on the host.
+// schema after it, searchpath.go), search_path's value for it (pathValue,
+// which pool_mode=transaction sets with set_config), and the shard's
+// counters on the host.
 type placement struct {
 	shard     int
 	host      *hostPool
 	schema    string
 	setPath   string
 	localPath string
+	pathValue string
 	counters  *shardCounters
 
 	// On a primary's placement, the shard's placements on the host's
@@ -219,6 +222,7 @@ func (c *Connector) newFleet(cfg *Config, keep map[string]*hostPool) (*fleet, er
 			f.shards[s] = &placement{shard: s, host: h, schema: schema,
 				setPath:   searchPathSQL(false, schema, cfg.ExtSchema()),
 				localPath: searchPathSQL(true, schema, cfg.ExtSchema()),
+				pathValue: searchPathValue(schema, cfg.ExtSchema()),
 				counters:  h.counters(s)}
 			placeReplicas(f.shards[s], rs)
 		}

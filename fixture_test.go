@@ -50,7 +50,6 @@ func newTestFleet(t testing.TB, o fleetOptions) *testFleet {
 	var segs []string
 	for i, s := range servers {
 		kw := s.CreateDatabase(t)
-		f.hosts = append(f.hosts, kw)
 		db, err := sql.Open("pgx", kw)
 		if err != nil {
 			t.Fatal(err)
@@ -70,6 +69,8 @@ func newTestFleet(t testing.TB, o fleetOptions) *testFleet {
 		}
 		f.ports = append(f.ports, port)
 		db.Close()
+		kw = netKeywords(t, kw, port) // benchmarks on the emulated network
+		f.hosts = append(f.hosts, kw)
 		segs = append(segs, fmt.Sprintf("shards=%s %s", ranges[i], kw))
 	}
 	if o.driver != "" {

@@ -195,7 +195,7 @@ func (h *hostPool) takeIdle(schema string) (c *sql.Conn, retired bool) {
 		return nil, false
 	}
 	pick := n - 1
-	if alone := h.conns.inUse() == 1; alone && !h.idle[pick].sess.on(schema) {
+	if alone := h.conns.inUse() == 1; alone && !alwaysMostRecent.Load() && !h.idle[pick].sess.on(schema) {
 		pick = h.mostRecent(func(ic *idleConn) bool { return ic.sess.on(schema) })
 		// Every permit holder, other than us, holds a connection; so do
 		// the idle ones. Room for one more: let the inner pool give it.
@@ -216,6 +216,14 @@ func (h *hostPool) takeIdle(schema string) (c *sql.Conn, retired bool) {
 	h.idle = h.idle[:n-1]
 	return c, false
 }
+
+// alwaysMostRecent, set by BenchmarkPolicy only, drops the rule for a
+// statement alone on its host (take the connection on schema, or open one
+// per shard): every statement takes the most recently released connection,
+// the switch riding along. It lets one run compare both rules side by
+// side. On the shared 2-core machine the runs disagreed, run to run, on
+// which rule is faster (README, Performance).
+var alwaysMostRecent atomic.Bool
 
 // mostRecent returns the index of the most recently released idle
 // connection for which ok holds, or -1. Called with h.mu held. An idle

@@ -331,7 +331,9 @@ func TestChangesSearchPath(t *testing.T) {
 // recently released): alone on its host, one on its schema, else a new one
 // while there is room and the host owns no more shards than pool_max; else,
 // and under load, the most recent, unless it lacks the schema's prepared
-// statements and another has them.
+// statements and another has them. wantRecent is what the alternative
+// BenchmarkPolicy measures (alwaysMostRecent) takes: always the most recent,
+// with the same preference for prepared statements.
 func TestTakeIdle(t *testing.T) {
 	with := func(schema string, prepared ...string) *session {
 		px := &pgxSender{schemas: map[string]*schemaStatements{}}
@@ -347,36 +349,45 @@ func TestTakeIdle(t *testing.T) {
 		return idleConn{conn: &sql.Conn{}, sess: &session{send: stdSender{}, schema: s}}
 	}
 	for _, tc := range []struct {
-		name     string
-		idle     []idleConn
-		inFlight int // other statements of the host
-		poolMax  int
-		shards   int // the host owns
-		want     int // index into idle, -1 for a new connection
+		name             string
+		idle             []idleConn
+		inFlight         int // other statements of the host
+		poolMax          int
+		shards           int // the host owns
+		wantRecent, want int // index into idle, -1 for a new connection
 	}{
-		{"alone: on the schema", []idleConn{on("c"), on("a"), on("b")}, 0, 3, 3, 0},
-		{"alone: room for a new one", []idleConn{on("a"), on("b")}, 0, 3, 3, -1},
-		{"alone: room, but more shards than pool_max", []idleConn{on("a"), on("b")}, 0, 3, 4, 1},
-		{"alone, full: the most recent", []idleConn{on("a"), on("b"), on("d")}, 0, 3, 3, 2},
-		{"alone, full: one with the statements", []idleConn{on("a", "c"), on("b"), on("d")}, 0, 3, 3, 0},
-		{"busy: the most recent, not the one on the schema", []idleConn{on("c"), on("a"), on("b", "c")}, 2, 10, 3, 2},
-		{"busy: the most recent lacks the statements", []idleConn{on("a"), on("b", "c"), on("d")}, 2, 10, 3, 1},
-		{"busy: none has them", []idleConn{on("a"), on("b")}, 2, 10, 3, 1},
-		{"lib/pq: the most recent", []idleConn{lib("a"), lib("b")}, 0, 2, 3, 1},
+		{"alone: on the schema", []idleConn{on("c"), on("a"), on("b")}, 0, 3, 3, 0, 0},
+		{"alone: on the schema, the most recent has its statements", []idleConn{on("c"), on("a"), on("b", "c")}, 0, 3, 3, 2, 0},
+		{"alone: room for a new one", []idleConn{on("a"), on("b")}, 0, 3, 3, 1, -1},
+		{"alone: room, but more shards than pool_max", []idleConn{on("a"), on("b")}, 0, 3, 4, 1, 1},
+		{"alone, full: the most recent", []idleConn{on("a"), on("b"), on("d")}, 0, 3, 3, 2, 2},
+		{"alone, full: one with the statements", []idleConn{on("a", "c"), on("b"), on("d")}, 0, 3, 3, 0, 0},
+		{"busy: the most recent, not the one on the schema", []idleConn{on("c"), on("a"), on("b", "c")}, 2, 10, 3, 2, 2},
+		{"busy: the most recent lacks the statements", []idleConn{on("a"), on("b", "c"), on("d")}, 2, 10, 3, 1, 1},
+		{"busy: none has them", []idleConn{on("a"), on("b")}, 2, 10, 3, 1, 1},
+		{"lib/pq: the most recent", []idleConn{lib("a"), lib("b")}, 0, 2, 3, 1, 1},
 	} {
-		h := &hostPool{idle: append([]idleConn(nil), tc.idle...), conns: newSemaphore(20)}
-		h.settings.Store(&poolSettings{poolMax: tc.poolMax})
-		h.shards.Store(int64(tc.shards))
-		for range tc.inFlight + 1 { // the statement's own permit too
-			h.conns.tryAcquire()
-		}
-		got, _ := h.takeIdle("c")
-		want := (*sql.Conn)(nil)
-		if tc.want >= 0 {
-			want = tc.idle[tc.want].conn
-		}
-		if got != want {
-			t.Errorf("%s: took %v, want index %d", tc.name, got, tc.want)
+		for _, recent := range []bool{false, true} {
+			h := &hostPool{idle: append([]idleConn(nil), tc.idle...), conns: newSemaphore(20)}
+			h.settings.Store(&poolSettings{poolMax: tc.poolMax})
+			h.shards.Store(int64(tc.shards))
+			for range tc.inFlight + 1 { // the statement's own permit too
+				h.conns.tryAcquire()
+			}
+			alwaysMostRecent.Store(recent)
+			got, _ := h.takeIdle("c")
+			alwaysMostRecent.Store(false)
+			wantIdx := tc.want
+			if recent {
+				wantIdx = tc.wantRecent
+			}
+			want := (*sql.Conn)(nil)
+			if wantIdx >= 0 {
+				want = tc.idle[wantIdx].conn
+			}
+			if got != want {
+				t.Errorf("%s (alwaysMostRecent %v): took %v, want index %d", tc.name, recent, got, wantIdx)
+			}
 		}
 	}
 }

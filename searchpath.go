@@ -44,18 +44,42 @@ func (c *Config) ExtSchema() string {
 // TO ...", or with local "SET LOCAL search_path TO ..." (the current
 // transaction only). It is the only place hv builds that statement.
 func searchPathSQL(local bool, schema, ext string) string {
-	var b strings.Builder
-	b.WriteString("SET ")
+	set := "SET search_path TO "
 	if local {
-		b.WriteString("LOCAL ")
+		set = "SET LOCAL search_path TO "
 	}
-	b.WriteString("search_path TO ")
-	b.WriteString(quoteIdent(schema))
-	if ext != "" {
-		b.WriteString(", ")
-		b.WriteString(quoteIdent(ext))
+	if ext == "" {
+		return set + quoteIdent(schema)
 	}
-	return b.String()
+	return set + quoteIdent(schema) + ", " + quoteIdent(ext)
+}
+
+// searchPathValue returns search_path's value for schema, with the
+// extension schema ext after it when ext is not "", as set_config takes it
+// (session_txmode.go) and as the server shows it after searchPathSQL's SET:
+// names quoted only when they need it (current_setting('search_path') then
+// reads the same in both pool modes).
+func searchPathValue(schema, ext string) string {
+	if ext == "" {
+		return pathName(schema)
+	}
+	return pathName(schema) + ", " + pathName(ext)
+}
+
+// pathName quotes name in a search_path value unless it is a plain
+// lowercase name, as PostgreSQL's quote_identifier does (keywords aside,
+// which a value read back from set_config's list needs no quoting for).
+func pathName(name string) string {
+	for i := 0; i < len(name); i++ {
+		b := name[i]
+		if !(b == '_' || b >= 'a' && b <= 'z' || i > 0 && b >= '0' && b <= '9') {
+			return quoteIdent(name)
+		}
+	}
+	if name == "" {
+		return quoteIdent(name)
+	}
+	return name
 }
 
 // checkExtensionSchema returns why ext cannot be the extension schema of a

@@ -215,7 +215,7 @@ func (c sessionConnector) Connect(ctx context.Context) (driver.Conn, error) {
 	s := &session{inner: ic, switches: c.switches}
 	switch std := (stdSender{}); {
 	case c.txMode:
-		s.send = txSender{std: std}
+		s.send = newTxSender(ic)
 	default:
 		if px := newPgxSender(ic); px != nil {
 			s.send = px

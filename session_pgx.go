@@ -481,9 +481,10 @@ func (px *pgxSender) newName() string {
 // valueFuncs returns the conversions for a result of e described by fds:
 // e's own, made once, when e's description has the result's columns (a
 // statement whose columns were unknown at preparation, such as a FETCH, is
-// described anew by each execution).
+// described anew by each execution). A nil e (an unnamed statement of
+// pool_mode=transaction) gets conversions made for this result alone.
 func (px *pgxSender) valueFuncs(e *stmtEntry, fds []pgconn.FieldDescription) []valueFunc {
-	if e.valueFuncs != nil {
+	if e != nil && e.valueFuncs != nil {
 		return e.valueFuncs
 	}
 	m := px.conn.TypeMap()
@@ -491,7 +492,7 @@ func (px *pgxSender) valueFuncs(e *stmtEntry, fds []pgconn.FieldDescription) []v
 	for i := range fds {
 		vfs[i] = newValueFunc(m, &fds[i])
 	}
-	if len(e.sd.Fields) == len(fds) && len(fds) > 0 {
+	if e != nil && len(e.sd.Fields) == len(fds) && len(fds) > 0 {
 		e.valueFuncs = vfs
 	}
 	return vfs

@@ -21,11 +21,22 @@ package hv
 //   - BeginTx: one simple-protocol message `BEGIN <options>; SET LOCAL
 //     search_path TO "x"`, then COMMIT/ROLLBACK: the same round trips as a
 //     transaction in session mode.
-//   - Query outside a transaction: `BEGIN; SET LOCAL search_path TO "x"`,
-//     the query, and COMMIT (ROLLBACK on error) when its rows are closed:
-//     two more round trips than in session mode, because database/sql rows
-//     from pgx can only come from a message's first result. Group reads in
-//     a transaction to pay them once.
+//   - Query outside a transaction, on pgx in exec mode (the mode hv gives
+//     each host unless it sets one): one extended-protocol batch,
+//     `SELECT pg_catalog.set_config('search_path', $1, true)` and the
+//     statement as an unnamed statement (arguments encoded as pgx's
+//     QueryExecModeExec encodes them), with one Sync. The statements of one
+//     batch share an implicit transaction: the LOCAL setting holds for the
+//     statement and is gone after the Sync, and PgBouncer keeps the server
+//     connection until the ReadyForQuery that ends it. One round trip, as
+//     in session mode. (SET LOCAL in such a batch works too, but warns
+//     "SET LOCAL can only be used in transaction blocks"; set_config does
+//     not.) Rows are converted as stdlib converts them (session_pgx_rows.go).
+//   - Query outside a transaction otherwise (the host sets
+//     simple_protocol or describe_exec, or the arguments carry pgx
+//     options): `BEGIN; SET LOCAL search_path TO "x"`, the query, and
+//     COMMIT (ROLLBACK on error) when its rows are closed: two more round
+//     trips.
 //
 // pgx's statement cache (named prepared statements, which PgBouncer before
 // 1.21 cannot follow across server connections) is turned off by giving
@@ -40,6 +51,7 @@ import (
 	"database/sql/driver"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
@@ -49,16 +61,31 @@ import (
 var txModeExecModes = map[string]bool{"exec": true, "simple_protocol": true, "describe_exec": true}
 
 // txSender sends statements in pool_mode=transaction: outside a
-// transaction each carries its schema with SET LOCAL; inside one the
+// transaction each carries its schema with a LOCAL setting; inside one the
 // transaction's SET LOCAL holds and std sends them.
-type txSender struct{ std stdSender }
+type txSender struct {
+	std stdSender
+	// px sends queries as one batch with their search_path (nil when the
+	// connection is not pgx in exec mode). Its statement cache stays empty:
+	// only unnamed statements are sent.
+	px *pgxSender
+}
+
+// newTxSender returns the transaction-mode sender for c.
+func newTxSender(c driver.Conn) *txSender {
+	tm := &txSender{}
+	if sc, ok := c.(*stdlib.Conn); ok && sc.Conn().Config().DefaultQueryExecMode == pgx.QueryExecModeExec {
+		tm.px = &pgxSender{conn: sc.Conn()}
+	}
+	return tm
+}
 
 // useSchema does nothing: no session-level schema survives a transaction
 // behind a transaction pooler.
-func (txSender) useSchema(context.Context, *session, *placement) error { return nil }
+func (*txSender) useSchema(context.Context, *session, *placement) error { return nil }
 
 // exec runs query on t's schema in one message with SET LOCAL.
-func (tm txSender) exec(ctx context.Context, s *session, t *placement, query string, args []driver.NamedValue) (driver.Result, error) {
+func (tm *txSender) exec(ctx context.Context, s *session, t *placement, query string, args []driver.NamedValue) (driver.Result, error) {
 	if s.inTx {
 		return s.execInner(ctx, query, args)
 	}
@@ -70,13 +97,18 @@ func (tm txSender) exec(ctx context.Context, s *session, t *placement, query str
 	return s.execInner(ctx, t.localPath+"; "+query, args)
 }
 
-// query runs query on t's schema in a transaction of its own, which the
-// returned rows end when they are closed: with COMMIT when they were read
-// without error (the query may have written: INSERT ... RETURNING,
+// query runs query on t's schema: in one batch with its search_path when
+// the connection allows (batched), else in a transaction of its own, which
+// the returned rows end when they are closed: with COMMIT when they were
+// read without error (the query may have written: INSERT ... RETURNING,
 // nextval), ROLLBACK otherwise.
-func (tm txSender) query(ctx context.Context, s *session, t *placement, query string, args []driver.NamedValue) (driver.Rows, error) {
+func (tm *txSender) query(ctx context.Context, s *session, t *placement, query string, args []driver.NamedValue) (driver.Rows, error) {
 	if s.inTx {
 		return s.queryInner(ctx, query, args)
+	}
+	if tm.batched(args) {
+		rows, err := tm.queryBatch(uncancellable(ctx), s, t, query, args)
+		return rows, badConn(err)
 	}
 	if err := s.execPlain(ctx, "BEGIN; "+t.localPath); err != nil {
 		return nil, err
@@ -97,8 +129,61 @@ func (tm txSender) query(ctx context.Context, s *session, t *placement, query st
 	return r, nil
 }
 
+// setLocalPath is the batch's first statement: search_path for the
+// batch's implicit transaction only.
+const setLocalPath = "SELECT pg_catalog.set_config('search_path', $1, true)"
+
+// batched reports whether a query with args goes as one batch: on pgx in
+// exec mode, unless the arguments carry pgx options.
+func (tm *txSender) batched(args []driver.NamedValue) bool {
+	if tm.px == nil {
+		return false
+	}
+	if len(args) > 0 {
+		switch args[0].Value.(type) {
+		case pgx.QueryRewriter, pgx.QueryExecMode, pgx.QueryResultFormats, pgx.QueryResultFormatsByOID:
+			return false
+		}
+	}
+	return true
+}
+
+// queryBatch sends set_config and query with args as one batch and returns
+// the query's rows with the first row read.
+func (tm *txSender) queryBatch(ctx context.Context, s *session, t *placement, query string, args []driver.NamedValue) (driver.Rows, error) {
+	px := tm.px
+	if err := px.ready(); err != nil {
+		return nil, err
+	}
+	px.args = px.args[:0]
+	for i := range args {
+		px.args = append(px.args, args[i].Value)
+	}
+	err := px.eqb.Build(px.conn.TypeMap(), nil, px.args)
+	clear(px.args) // keep no caller's values alive
+	if err != nil {
+		return nil, err
+	}
+	var b pgconn.Batch
+	b.ExecParams(setLocalPath, [][]byte{[]byte(t.pathValue)}, nil, nil, nil)
+	b.ExecParams(query, px.eqb.ParamValues, nil, px.eqb.ParamFormats, px.eqb.ResultFormats)
+	mr := px.conn.PgConn().ExecBatch(ctx, &b)
+	if err := readSet(mr); err != nil {
+		return nil, err
+	}
+	if !mr.NextResult() {
+		return nil, batchEnded(mr)
+	}
+	r := &px.rows
+	*r = pgxRows{px: px, s: s, rr: mr.ResultReader(), mr: mr}
+	if err := r.preload(); err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
 // begin starts a transaction on t's schema with one message.
-func (txSender) begin(ctx context.Context, s *session, t *placement, opts driver.TxOptions) (driver.Tx, error) {
+func (*txSender) begin(ctx context.Context, s *session, t *placement, opts driver.TxOptions) (driver.Tx, error) {
 	begin, err := beginStatement(opts)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,242 @@
+package hv
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hypervault/hv/internal/netem"
+	"github.com/hypervault/hv/internal/pgtest"
+)
+
+// The emulated network of the benchmarks: with HV_BENCH_NET set to a
+// duration (make bench NET=0.25ms), every connection of the bench fleets,
+// direct and hv alike, goes through a netem proxy on loopback that delays
+// each direction by it. Unset, connections go straight to the servers.
+
+var benchNetOnce = sync.OnceValues(func() (time.Duration, error) {
+	v := os.Getenv("HV_BENCH_NET")
+	if v == "" || v == "0" {
+		return 0, nil
+	}
+	return time.ParseDuration(v)
+})
+
+// netKeywords returns kw, or with HV_BENCH_NET set, kw pointed at a proxy
+// to the server on 127.0.0.1:port that delays each direction, closed when
+// tb ends.
+func netKeywords(tb testing.TB, kw string, port int) string {
+	tb.Helper()
+	delay, err := benchNetOnce()
+	if err != nil {
+		tb.Fatalf("HV_BENCH_NET: %v", err)
+	}
+	if delay == 0 {
+		return kw
+	}
+	p, err := netem.Start(fmt.Sprintf("127.0.0.1:%d", port), delay)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { _ = p.Close() })
+	return proxiedKeywords(kw, p)
+}
+
+// benchFleet is hosts databases (alternating over two servers) holding
+// shards 1..shards in equal ranges, each shard's schema with the table t of
+// newTestFleet, and the hv DSN for them.
+type benchFleet struct {
+	dsn     string
+	hosts   []string // libpq keywords of each host's database
+	perHost int
+}
+
+func newBenchFleet(b *testing.B, hosts, shards int, global string) *benchFleet {
+	b.Helper()
+	servers := pgtest.Servers(b, 2)
+	f := &benchFleet{perHost: shards / hosts}
+	var segs []string
+	for i := range hosts {
+		kw := servers[i%2].CreateDatabase(b)
+		db, err := sql.Open("pgx", kw)
+		if err != nil {
+			b.Fatal(err)
+		}
+		r := ShardRange{1 + i*f.perHost, 1 + (i+1)*f.perHost}
+		var ddl strings.Builder
+		for sh := r.Start; sh < r.End; sh++ {
+			fmt.Fprintf(&ddl, `CREATE SCHEMA shard%04[1]d;
+				CREATE TABLE shard%04[1]d.t (id int PRIMARY KEY, shard int NOT NULL, note text);
+				INSERT INTO shard%04[1]d.t VALUES (0, %[1]d, 'seed');`, sh)
+		}
+		if _, err := db.Exec(ddl.String()); err != nil {
+			b.Fatal(err)
+		}
+		var port int
+		if err := db.QueryRow("SELECT inet_server_port()").Scan(&port); err != nil {
+			b.Fatal(err)
+		}
+		db.Close()
+		kw = netKeywords(b, kw, port)
+		f.hosts = append(f.hosts, kw)
+		segs = append(segs, fmt.Sprintf("shards=%s %s", r, kw))
+	}
+	f.dsn = strings.Join(append(segs, global), "; ")
+	return f
+}
+
+// runPoint runs stmt on random shards 1..shards from goroutines
+// goroutines, after an untimed warm-up the same way (connections open,
+// statements prepared), and reports statements per second; started (if not
+// nil) is called when the timing starts.
+func runPoint(b *testing.B, goroutines, shards int, started func(), stmt func(s int) error) {
+	var wg sync.WaitGroup
+	for g := range goroutines {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(g), 3))
+			for range max(4*shards/goroutines, 8) {
+				if err := stmt(1 + r.IntN(shards)); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if started != nil {
+		started()
+	}
+	defer reportCPU(b)()
+	b.ReportAllocs()
+	b.ResetTimer()
+	start := time.Now()
+	if goroutines == 1 {
+		r := rand.New(rand.NewPCG(1, 2))
+		for b.Loop() {
+			if err := stmt(1 + r.IntN(shards)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	} else {
+		b.SetParallelism(max(1, goroutines/runtime.GOMAXPROCS(0)))
+		var seed atomic.Uint64
+		b.RunParallel(func(pb *testing.PB) {
+			r := rand.New(rand.NewPCG(seed.Add(1), 2))
+			for pb.Next() {
+				if err := stmt(1 + r.IntN(shards)); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	b.ReportMetric(float64(b.N)/time.Since(start).Seconds(), "stmts/s")
+}
+
+// BenchmarkPolicy chooses hv's connection rule by the numbers: a point
+// SELECT on a random shard, for 1, 8 and 64 goroutines, 16 and 256 shards,
+// 2 and 4 hosts (4 are 4 databases on two servers), directly through pgx
+// (schema-qualified, one *sql.DB per host, the same pool max) and through
+// hv with today's rule (via=hv) and with "always the most recently released
+// connection, the switch riding along" (via=hv-recent). The row
+// hosts=4/shards=256/g=64 is the throughput at scale. Compare with
+// `benchstat -col /via`.
+func BenchmarkPolicy(b *testing.B) {
+	const poolMax = 10
+	for _, hosts := range []int{2, 4} {
+		for _, shards := range []int{16, 256} {
+			f := newBenchFleet(b, hosts, shards, fmt.Sprintf("pool_max=%d", poolMax))
+			direct := make([]*sql.DB, hosts)
+			for i, kw := range f.hosts {
+				d, err := sql.Open("pgx", kw)
+				if err != nil {
+					b.Fatal(err)
+				}
+				d.SetMaxOpenConns(poolMax)
+				d.SetMaxIdleConns(poolMax)
+				direct[i] = d
+			}
+			cfg, err := ParseConfig(f.dsn)
+			if err != nil {
+				b.Fatal(err)
+			}
+			c, err := NewConnector(cfg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			hv := sql.OpenDB(c)
+			hv.SetMaxIdleConns(hosts * poolMax)
+			ctx := context.Background()
+			qualified := make([]string, shards+1)
+			routed := make([]context.Context, shards+1)
+			for s := 1; s <= shards; s++ {
+				qualified[s] = fmt.Sprintf("SELECT shard FROM shard%04d.t WHERE id = $1", s)
+				routed[s] = WithShard(ctx, s)
+			}
+			for _, g := range []int{1, 8, 64} {
+				name := fmt.Sprintf("hosts=%d/shards=%d/g=%d", hosts, shards, g)
+				b.Run(name+"/via=direct", func(b *testing.B) {
+					runPoint(b, g, shards, nil, func(s int) error {
+						var got int
+						return direct[(s-1)/f.perHost].QueryRowContext(ctx, qualified[s], 0).Scan(&got)
+					})
+				})
+				for _, recent := range []bool{false, true} {
+					via := "hv"
+					if recent {
+						via = "hv-recent"
+					}
+					b.Run(name+"/via="+via, func(b *testing.B) {
+						alwaysMostRecent.Store(recent)
+						defer alwaysMostRecent.Store(false)
+						before := switches(c)
+						runPoint(b, g, shards, nil, func(s int) error {
+							var got int
+							return hv.QueryRowContext(routed[s], "SELECT shard FROM t WHERE id = $1", 0).Scan(&got)
+						})
+						b.ReportMetric(float64(switches(c)-before)/float64(b.N), "switches/op")
+					})
+				}
+			}
+			hv.Close()
+			for _, d := range direct {
+				d.Close()
+			}
+		}
+	}
+}
+
+// BenchmarkTxMode compares a point SELECT on a random shard of 16 over two
+// hosts through hv in pool_mode=session and pool_mode=transaction (no
+// pooler in between: the cost of the mode itself), 1 goroutine. Compare
+// with `benchstat -col /via`: transaction / session.
+func BenchmarkTxMode(b *testing.B) {
+	f := newTestFleet(b, fleetOptions{global: "pool_max=10"})
+	ctx := context.Background()
+	routed := make([]context.Context, 17)
+	for s := 1; s <= 16; s++ {
+		routed[s] = WithShard(ctx, s)
+	}
+	for _, mode := range []string{"session", "transaction"} {
+		db, err := sql.Open("hv", f.dsn+"; pool_mode="+mode)
+		if err != nil {
+			b.Fatal(err)
+		}
+		db.SetMaxIdleConns(20)
+		b.Run("shards=16/g=1/via="+mode, func(b *testing.B) {
+			runPoint(b, 1, 16, nil, func(s int) error {
+				var got int
+				return db.QueryRowContext(routed[s], "SELECT shard FROM t WHERE id = $1", 0).Scan(&got)
+			})
+		})
+		db.Close()
+	}
+}

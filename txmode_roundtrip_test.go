@@ -1,0 +1,158 @@
+package hv
+
+import (
+	"context"
+	"database/sql"
+	"encoding/binary"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/hypervault/hv/internal/netem"
+	"github.com/hypervault/hv/internal/pgtest"
+	"github.com/jackc/pgx/v5/stdlib"
+)
+
+// roundTrips counts the round trips clients send through a proxy: the
+// frontend messages that make the server answer, Sync (extended protocol)
+// and Query (simple protocol).
+type roundTrips struct {
+	mu sync.Mutex
+	n  int
+}
+
+func (rt *roundTrips) count() int {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	return rt.n
+}
+
+// tap returns a parser of one connection's client stream: the untyped
+// startup packets (SSLRequest and GSSENCRequest are followed by another),
+// then typed messages.
+func (rt *roundTrips) tap() func([]byte) {
+	var buf []byte
+	startup := true
+	return func(b []byte) {
+		buf = append(buf, b...)
+		for {
+			off := 1
+			if startup {
+				off = 0
+			}
+			if len(buf) < off+4 {
+				return
+			}
+			n := off + int(binary.BigEndian.Uint32(buf[off:]))
+			if len(buf) < n {
+				return
+			}
+			if startup {
+				code := binary.BigEndian.Uint32(buf[4:8])
+				startup = code == 80877103 || code == 80877104
+			} else if buf[0] == 'S' || buf[0] == 'Q' {
+				rt.mu.Lock()
+				rt.n++
+				rt.mu.Unlock()
+			}
+			buf = buf[n:]
+		}
+	}
+}
+
+// proxiedKeywords returns kw with host and port replaced by the proxy's.
+func proxiedKeywords(kw string, p *netem.Proxy) string {
+	var f []string
+	for _, w := range strings.Fields(kw) {
+		if !strings.HasPrefix(w, "host=") && !strings.HasPrefix(w, "port=") {
+			f = append(f, w)
+		}
+	}
+	return strings.Join(append(f, "host=127.0.0.1", fmt.Sprintf("port=%d", p.Port())), " ")
+}
+
+// TestTxModeQueryOneRoundTrip counts the client's round trips in
+// pool_mode=transaction: a Query outside a transaction, with or without
+// arguments, and an Exec are one each; the rows are each shard's, typed as
+// stdlib types them, and the LOCAL search_path does not outlive the
+// statement on the connection.
+func TestTxModeQueryOneRoundTrip(t *testing.T) {
+	s := pgtest.Default(t)
+	kw := s.CreateDatabase(t)
+	createShards(t, kw, ShardRange{1, 4})
+	var rt roundTrips
+	p, err := netem.StartTap("127.0.0.1:"+s.Port(), 0, rt.tap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	db, err := sql.Open("hv", fmt.Sprintf("shards=1-4 %s; pool_max=1; pool_mode=transaction", proxiedKeywords(kw, p)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := whereAmIShard(WithShard(context.Background(), 1), db); err != nil {
+		t.Fatal(err) // opens the connection
+	}
+
+	const n = 12
+	before := rt.count()
+	for i := range n {
+		shard := 1 + i%3
+		ctx := WithShard(context.Background(), shard)
+		var schema string
+		var got, plus int64
+		var note any
+		if err := db.QueryRowContext(ctx, "SELECT current_schema(), shard, $1::int8 + 1, NULL::text FROM t WHERE id = $2", int64(i), 0).Scan(&schema, &got, &plus, &note); err != nil {
+			t.Fatal(err)
+		}
+		if schema != fmt.Sprintf("shard%04d", shard) || got != int64(shard) || plus != int64(i+1) || note != nil {
+			t.Errorf("shard %d: got %s, %d, %d, %v", shard, schema, got, plus, note)
+		}
+	}
+	if got := rt.count() - before; got != n {
+		t.Errorf("%d queries took %d round trips, want %d", n, got, n)
+	}
+
+	before = rt.count()
+	if _, err := db.ExecContext(WithShard(context.Background(), 2), "UPDATE t SET note = $1 WHERE id = 0", "x"); err != nil {
+		t.Fatal(err)
+	}
+	if got := rt.count() - before; got != 1 {
+		t.Errorf("an Exec took %d round trips", got)
+	}
+
+	// Values come back with stdlib's Go types.
+	var v any
+	if err := db.QueryRowContext(WithShard(context.Background(), 3), "SELECT 2::int4").Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := v.(int64); !ok {
+		t.Errorf("int4 scanned into any as %T, want int64", v)
+	}
+
+	// The connection is back on its own search_path after the batch.
+	err = Raw(WithShard(context.Background(), 1), db, 1, func(dc any) error {
+		var path string
+		if err := dc.(*stdlib.Conn).Conn().QueryRow(context.Background(), "SHOW search_path").Scan(&path); err != nil {
+			return err
+		}
+		if strings.Contains(path, "shard") {
+			t.Errorf("search_path after a batched query: %q", path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// An error in the statement fails the query with its shard, and the
+	// connection serves on.
+	if _, err := db.QueryContext(WithShard(context.Background(), 2), "SELECT * FROM missing_table"); err == nil || !strings.Contains(err.Error(), "shard 2") {
+		t.Errorf("query of a missing table: %v", err)
+	}
+	if sh, err := whereAmIShard(WithShard(context.Background(), 3), db); err != nil || sh != 3 {
+		t.Errorf("after an error: shard %d, %v", sh, err)
+	}
+}
