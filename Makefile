@@ -34,8 +34,8 @@ $(BENCHSTAT):
 ## bench: routed point SELECTs against direct pgx on the same two servers
 ## (fixed shard; random of 16 with 1 and 8 goroutines; random of 256),
 ## transaction mode against session mode, the connection policy (1, 8 and
-## 64 goroutines, 16 and 256 shards, 2 and 4 hosts; today's rule via=hv,
-## always the most recent connection via=hv-recent; hosts=4/shards=256/g=64
+## 64 goroutines, 16 and 256 shards, 2 and 4 hosts; hv's rule via=hv, the
+## former rule for a statement alone on its host via=hv-alone; hosts=4/shards=256/g=64
 ## is the throughput at scale), the ways of switching schema on one
 ## connection, and a fan-out against one shard. The test binary runs COUNT
 ## times, so that the sides alternate run by run (go test -count repeats one

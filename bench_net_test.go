@@ -145,8 +145,9 @@ func runPoint(b *testing.B, goroutines, shards int, started func(), stmt func(s 
 // SELECT on a random shard, for 1, 8 and 64 goroutines, 16 and 256 shards,
 // 2 and 4 hosts (4 are 4 databases on two servers), directly through pgx
 // (schema-qualified, one *sql.DB per host, the same pool max) and through
-// hv with today's rule (via=hv) and with "always the most recently released
-// connection, the switch riding along" (via=hv-recent). The row
+// hv with its rule, the most recently released connection with the switch
+// riding along (via=hv), and with the rule it had before for a statement
+// alone on its host (via=hv-alone, aloneRule). The row
 // hosts=4/shards=256/g=64 is the throughput at scale. Compare with
 // `benchstat -col /via`.
 func BenchmarkPolicy(b *testing.B) {
@@ -189,14 +190,14 @@ func BenchmarkPolicy(b *testing.B) {
 						return direct[(s-1)/f.perHost].QueryRowContext(ctx, qualified[s], 0).Scan(&got)
 					})
 				})
-				for _, recent := range []bool{false, true} {
+				for _, alone := range []bool{false, true} {
 					via := "hv"
-					if recent {
-						via = "hv-recent"
+					if alone {
+						via = "hv-alone"
 					}
 					b.Run(name+"/via="+via, func(b *testing.B) {
-						alwaysMostRecent.Store(recent)
-						defer alwaysMostRecent.Store(false)
+						aloneRule.Store(alone)
+						defer aloneRule.Store(false)
 						before := switches(c)
 						runPoint(b, g, shards, nil, func(s int) error {
 							var got int
