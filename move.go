@@ -548,6 +548,18 @@ func (m *mover) hasReplication(ctx context.Context) bool {
 	return n+k > 0
 }
 
+// dropSubscription drops subscription name on c, detached from its slot
+// first so that the drop does not need the source: the slot is dropped on
+// the source by itself.
+func dropSubscription(ctx context.Context, c *pgx.Conn, name string) error {
+	for _, q := range []string{"ALTER SUBSCRIPTION %s DISABLE", "ALTER SUBSCRIPTION %s SET (slot_name = NONE)", "DROP SUBSCRIPTION %s"} {
+		if _, err := c.Exec(ctx, fmt.Sprintf(q, quoteIdent(name))); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // dropReplication drops the subscription on dst, the slot and the
 // publication on src, whichever exist. The subscription is detached from
 // its slot first, so that dropping it never connects to the source.
@@ -557,10 +569,8 @@ func dropReplication(ctx context.Context, src, dst *pgx.Conn, name string) error
 		return err
 	}
 	if sub {
-		for _, q := range []string{"ALTER SUBSCRIPTION %s DISABLE", "ALTER SUBSCRIPTION %s SET (slot_name = NONE)", "DROP SUBSCRIPTION %s"} {
-			if _, err := dst.Exec(ctx, fmt.Sprintf(q, quoteIdent(name))); err != nil {
-				return err
-			}
+		if err := dropSubscription(ctx, dst, name); err != nil {
+			return err
 		}
 	}
 	// The slot may still be in use for a moment after the subscription's

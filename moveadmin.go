@@ -157,10 +157,8 @@ func AbortMove(ctx context.Context, c *Connector, shard int) error {
 			return err
 		}
 		for _, sub := range subs {
-			for _, q := range []string{"ALTER SUBSCRIPTION %s DISABLE", "ALTER SUBSCRIPTION %s SET (slot_name = NONE)", "DROP SUBSCRIPTION %s"} {
-				if _, err := conn.Exec(ctx, fmt.Sprintf(q, quoteIdent(sub))); err != nil {
-					return err
-				}
+			if err := dropSubscription(ctx, conn, sub); err != nil {
+				return err
 			}
 		}
 		if ok, err := hasMeta(ctx, conn); err != nil || !ok {
