@@ -188,9 +188,6 @@ func (d *Datastore) CreateShardsProgress(ctx context.Context, progress func(done
 	return errors.Join(append(errs, res.Err())...)
 }
 
-// dsLiteral quotes s as an SQL string literal.
-func dsLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
-
 // createShard creates shard's schema, key generator and entities table in
 // tx; hstoreSchema is the schema of the host's hstore extension.
 func (d *Datastore) createShard(ctx context.Context, tx *sql.Tx, shard int, hstoreSchema string) error {
@@ -212,7 +209,7 @@ func (d *Datastore) createShard(ctx context.Context, tx *sql.Tx, shard int, hsto
 		return err
 	}
 	var hasLayout bool
-	if err := tx.QueryRowContext(ctx, "SELECT pg_catalog.to_regprocedure("+dsLiteral(q+".hv_layout()")+") IS NOT NULL").Scan(&hasLayout); err != nil {
+	if err := tx.QueryRowContext(ctx, "SELECT pg_catalog.to_regprocedure("+quoteLiteral(q+".hv_layout()")+") IS NOT NULL").Scan(&hasLayout); err != nil {
 		return err
 	}
 	if hasLayout {
@@ -259,7 +256,7 @@ func (d *Datastore) CheckLayout(ctx context.Context) error {
 			return err
 		}
 		var has bool
-		if err := tx.QueryRowContext(ctx, "SELECT pg_catalog.to_regprocedure("+dsLiteral(quoteIdent(schema)+".hv_layout()")+") IS NOT NULL").Scan(&has); err != nil {
+		if err := tx.QueryRowContext(ctx, "SELECT pg_catalog.to_regprocedure("+quoteLiteral(quoteIdent(schema)+".hv_layout()")+") IS NOT NULL").Scan(&has); err != nil {
 			return err
 		}
 		if !has {

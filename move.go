@@ -741,14 +741,11 @@ func (m *mover) startReplication(ctx context.Context) error {
 	}
 	conn := m.from.ConnString()
 	if _, err := m.dst.Exec(ctx, fmt.Sprintf("CREATE SUBSCRIPTION %s CONNECTION %s PUBLICATION %s WITH (create_slot = false, slot_name = %s, copy_data = true)",
-		quoteIdent(m.name), sqlLiteral(conn), quoteIdent(m.name), quoteIdent(m.name))); err != nil {
+		quoteIdent(m.name), quoteLiteral(conn), quoteIdent(m.name), quoteIdent(m.name))); err != nil {
 		return errors.New(strings.ReplaceAll(err.Error(), conn, "<connection>"))
 	}
 	return nil
 }
-
-// sqlLiteral quotes s as an SQL string literal.
-func sqlLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
 
 // poll is how often the mover looks at the target.
 const poll = 5 * time.Millisecond

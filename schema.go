@@ -7,6 +7,12 @@ func quoteIdent(name string) string {
 	return `"` + strings.ReplaceAll(name, `"`, `""`) + `"`
 }
 
+// quoteLiteral quotes s as a PostgreSQL string literal (with
+// standard_conforming_strings on, PostgreSQL's default).
+func quoteLiteral(s string) string {
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
 // changesSearchPath reports whether a statement may change the session's
 // search_path, so that hv must forget which schema the connection is on:
 // SET, RESET and DISCARD commands, and anything that mentions search_path or
