@@ -125,7 +125,7 @@ func (c *conn) aggregateQuery(ctx context.Context, route shardRoute, query strin
 		return nil, err
 	}
 	if stream {
-		return &aggStream{aggHeader: aggHeader{fr.header}, in: fr, m: m, order: fr.merge.keys,
+		return &aggStream{aggHeader: aggHeader{fr.header}, in: fr, m: m, order: m.groupOrder(fr.merge.keys),
 			limit: opts.limit, row: make([]driver.Value, len(fr.header.cols))}, nil
 	}
 	defer rows.Close()
@@ -538,7 +538,7 @@ type aggStream struct {
 	aggHeader
 	in      *fanRows
 	m       *aggMerge
-	order   []sortCol
+	order   []sortCol // indexes into a group's key, not the row
 	limit   int
 	row     []driver.Value // the inner row being read
 	cur     *aggGroupState // the group being folded
@@ -606,8 +606,7 @@ func (r *aggStream) Next(dest []driver.Value) error {
 // before reports whether group a sorts before b in the merge order.
 func (r *aggStream) before(a, b *aggGroupState) bool {
 	for _, k := range r.order {
-		gi := r.groupIndex(k.index)
-		c := compareValues(a.key[gi], b.key[gi])
+		c := compareValues(a.key[k.index], b.key[k.index])
 		if k.desc {
 			c = -c
 		}
@@ -618,13 +617,18 @@ func (r *aggStream) before(a, b *aggGroupState) bool {
 	return false
 }
 
-// groupIndex maps a result column to its place in a group's key.
-func (r *aggStream) groupIndex(col int) int {
-	gi := 0
-	for j := 0; j < col; j++ {
-		if r.m.kinds[j] == aggGroup {
-			gi++
+// groupOrder maps sort keys on GroupBy columns of the result to their
+// places in a group's key.
+func (m *aggMerge) groupOrder(keys []sortCol) []sortCol {
+	out := make([]sortCol, len(keys))
+	for i, k := range keys {
+		gi := 0
+		for j := 0; j < k.index; j++ {
+			if m.kinds[j] == aggGroup {
+				gi++
+			}
 		}
+		out[i] = sortCol{index: gi, desc: k.desc}
 	}
-	return gi
+	return out
 }
