@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"os"
 	"runtime"
@@ -93,16 +94,35 @@ func newBenchFleet(b *testing.B, hosts, shards int, global string) *benchFleet {
 	return f
 }
 
-// runPoint runs stmt on random shards 1..shards from goroutines
-// goroutines, after an untimed warm-up the same way (connections open,
-// statements prepared), and reports statements per second; started (if not
-// nil) is called when the timing starts.
-func runPoint(b *testing.B, goroutines, shards int, started func(), stmt func(s int) error) {
+// pointLoad is what runPoint runs: goroutines goroutines on random shards
+// 1..shards of hosts hosts, each host with poolMax connections.
+type pointLoad struct{ goroutines, shards, hosts, poolMax int }
+
+// warmUp returns how many statements bring l to its steady state, where
+// every connection it keeps busy (on each host, at most one a goroutine
+// and poolMax in all) has prepared the statement of every shard of its
+// host, on both sides (pgx's statement cache, hv's statements per schema).
+// A connection meets its host's shards at random, so it takes about
+// perHost·(ln perHost + 2) statements to have met all but e⁻² of one (the
+// coupon collector). With fewer, the timed part pays for preparations.
+func (l pointLoad) warmUp() int {
+	perHost := float64(l.shards / l.hosts)
+	busy := l.hosts * min(l.goroutines, l.poolMax) // connections
+	return int(float64(busy) * perHost * (math.Log(perHost) + 2))
+}
+
+// runPoint runs stmt on random shards as l says, after an untimed warm-up
+// the same way (connections open, statements prepared: l.warmUp), and
+// reports statements per second; started (if not nil) is called when the
+// timing starts.
+func runPoint(b *testing.B, l pointLoad, started func(), stmt func(s int) error) {
+	goroutines, shards := l.goroutines, l.shards
 	var wg sync.WaitGroup
+	each := max(l.warmUp()/goroutines, 8)
 	for g := range goroutines {
 		wg.Go(func() {
 			r := rand.New(rand.NewPCG(uint64(g), 3))
-			for range max(4*shards/goroutines, 8) {
+			for range each {
 				if err := stmt(1 + r.IntN(shards)); err != nil {
 					b.Error(err)
 					return
@@ -147,9 +167,9 @@ func runPoint(b *testing.B, goroutines, shards int, started func(), stmt func(s 
 // (schema-qualified, one *sql.DB per host, the same pool max) and through
 // hv with its rule, the most recently released connection with the switch
 // riding along (via=hv), and with the rule it had before for a statement
-// alone on its host (via=hv-alone, aloneRule). The row
-// hosts=4/shards=256/g=64 is the throughput at scale. Compare with
-// `benchstat -col /via`.
+// alone on its host (via=hv-alone, aloneRule), each rule on a Connector of
+// its own. The row hosts=4/shards=256/g=64 is the throughput at scale.
+// Compare with `benchstat -col /via`.
 func BenchmarkPolicy(b *testing.B) {
 	const poolMax = 10
 	for _, hosts := range []int{2, 4} {
@@ -169,12 +189,6 @@ func BenchmarkPolicy(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
-			c, err := NewConnector(cfg)
-			if err != nil {
-				b.Fatal(err)
-			}
-			hv := sql.OpenDB(c)
-			hv.SetMaxIdleConns(hosts * poolMax)
 			ctx := context.Background()
 			qualified := make([]string, shards+1)
 			routed := make([]context.Context, shards+1)
@@ -184,8 +198,9 @@ func BenchmarkPolicy(b *testing.B) {
 			}
 			for _, g := range []int{1, 8, 64} {
 				name := fmt.Sprintf("hosts=%d/shards=%d/g=%d", hosts, shards, g)
+				load := pointLoad{goroutines: g, shards: shards, hosts: hosts, poolMax: poolMax}
 				b.Run(name+"/via=direct", func(b *testing.B) {
-					runPoint(b, g, shards, nil, func(s int) error {
+					runPoint(b, load, nil, func(s int) error {
 						var got int
 						return direct[(s-1)/f.perHost].QueryRowContext(ctx, qualified[s], 0).Scan(&got)
 					})
@@ -198,8 +213,17 @@ func BenchmarkPolicy(b *testing.B) {
 					b.Run(name+"/via="+via, func(b *testing.B) {
 						aloneRule.Store(alone)
 						defer aloneRule.Store(false)
-						before := switches(c)
-						runPoint(b, g, shards, nil, func(s int) error {
+						// A Connector of its own: no rule inherits another's
+						// connections.
+						c, err := NewConnector(cfg)
+						if err != nil {
+							b.Fatal(err)
+						}
+						hv := sql.OpenDB(c)
+						defer hv.Close()
+						hv.SetMaxIdleConns(hosts * poolMax)
+						var before int64
+						runPoint(b, load, func() { before = switches(c) }, func(s int) error {
 							var got int
 							return hv.QueryRowContext(routed[s], "SELECT shard FROM t WHERE id = $1", 0).Scan(&got)
 						})
@@ -207,7 +231,6 @@ func BenchmarkPolicy(b *testing.B) {
 					})
 				}
 			}
-			hv.Close()
 			for _, d := range direct {
 				d.Close()
 			}
@@ -233,7 +256,7 @@ func BenchmarkTxMode(b *testing.B) {
 		}
 		db.SetMaxIdleConns(20)
 		b.Run("shards=16/g=1/via="+mode, func(b *testing.B) {
-			runPoint(b, 1, 16, nil, func(s int) error {
+			runPoint(b, pointLoad{goroutines: 1, shards: 16, hosts: 2, poolMax: 10}, nil, func(s int) error {
 				var got int
 				return db.QueryRowContext(routed[s], "SELECT shard FROM t WHERE id = $1", 0).Scan(&got)
 			})

@@ -12,7 +12,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -76,59 +75,16 @@ func BenchmarkRandomShard(b *testing.B) {
 				qualified[s] = fmt.Sprintf("SELECT shard FROM shard%04d.t WHERE id = $1", s)
 				routed[s] = WithShard(ctx, s)
 			}
-			// run times stmt on random shards after an untimed warm-up;
-			// started is called when the timing starts.
-			run := func(b *testing.B, started func(), stmt func(r *rand.Rand, s int) error) {
-				// Warm up untimed, the same way, so that both sides have
-				// prepared their statements and opened their connections:
-				// what follows is the steady state.
-				var wg sync.WaitGroup
-				for g := range tc.goroutines {
-					wg.Go(func() {
-						r := rand.New(rand.NewPCG(uint64(g), 3))
-						for range 4 * tc.shards / tc.goroutines {
-							if err := stmt(r, 1+r.IntN(tc.shards)); err != nil {
-								b.Error(err)
-								return
-							}
-						}
-					})
-				}
-				wg.Wait()
-				started()
-				defer reportCPU(b)()
-				b.ResetTimer()
-				b.ReportAllocs()
-				if tc.goroutines == 1 {
-					r := rand.New(rand.NewPCG(1, 2))
-					for b.Loop() {
-						if err := stmt(r, 1+r.IntN(tc.shards)); err != nil {
-							b.Fatal(err)
-						}
-					}
-					return
-				}
-				b.SetParallelism(max(1, tc.goroutines/runtime.GOMAXPROCS(0)))
-				var seed atomic.Uint64
-				b.RunParallel(func(pb *testing.PB) {
-					r := rand.New(rand.NewPCG(seed.Add(1), 2))
-					for pb.Next() {
-						if err := stmt(r, 1+r.IntN(tc.shards)); err != nil {
-							b.Error(err)
-							return
-						}
-					}
-				})
-			}
+			load := pointLoad{goroutines: tc.goroutines, shards: tc.shards, hosts: 2, poolMax: 10}
 			b.Run("via=direct", func(b *testing.B) {
-				run(b, func() {}, func(r *rand.Rand, s int) error {
+				runPoint(b, load, nil, func(s int) error {
 					var got int
 					return direct[(s-1)/(tc.shards/2)].QueryRowContext(ctx, qualified[s], 0).Scan(&got)
 				})
 			})
 			b.Run("via=hv", func(b *testing.B) {
 				var before int64
-				run(b, func() { before = switches(connector) }, func(r *rand.Rand, s int) error {
+				runPoint(b, load, func() { before = switches(connector) }, func(s int) error {
 					var got int
 					return hv.QueryRowContext(routed[s], "SELECT shard FROM t WHERE id = $1", 0).Scan(&got)
 				})
