@@ -7,6 +7,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"os"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -240,8 +241,10 @@ func BenchmarkPolicy(b *testing.B) {
 
 // BenchmarkTxMode compares a point SELECT on a random shard of 16 over two
 // hosts through hv in pool_mode=session and pool_mode=transaction (no
-// pooler in between: the cost of the mode itself), 1 goroutine. Compare
-// with `benchstat -col /via`: transaction / session.
+// pooler in between: the cost of the mode itself), with unnamed statements
+// (the default) and with named ones (transaction-named: hosts with
+// default_query_exec_mode=cache_statement, for a pooler that keeps them),
+// 1 goroutine. Compare with `benchstat -col /via`: transaction / session.
 func BenchmarkTxMode(b *testing.B) {
 	f := newTestFleet(b, fleetOptions{global: "pool_max=10"})
 	ctx := context.Background()
@@ -249,8 +252,15 @@ func BenchmarkTxMode(b *testing.B) {
 	for s := 1; s <= 16; s++ {
 		routed[s] = WithShard(ctx, s)
 	}
-	for _, mode := range []string{"session", "transaction"} {
-		db, err := sql.Open("hv", f.dsn+"; pool_mode="+mode)
+	// transaction-named: pool_mode=transaction behind a pooler that keeps
+	// named statements (default_query_exec_mode=cache_statement).
+	named := regexp.MustCompile(`shards=\S+ `).ReplaceAllString(f.dsn, "${0}default_query_exec_mode=cache_statement ")
+	for _, mode := range []string{"session", "transaction", "transaction-named"} {
+		dsn := f.dsn + "; pool_mode=" + mode
+		if mode == "transaction-named" {
+			dsn = named + "; pool_mode=transaction"
+		}
+		db, err := sql.Open("hv", dsn)
 		if err != nil {
 			b.Fatal(err)
 		}

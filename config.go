@@ -193,8 +193,9 @@ var libpqKeywords = map[string]bool{
 // or an RFC 3339 time) and pool_mode ("session", the default, or
 // "transaction" for hosts behind PgBouncer in transaction pooling mode: hv
 // then sets the schema with SET LOCAL inside every transaction, keeps no
-// session state and makes pgx use unnamed statements, default_query_exec_mode=exec;
-// it needs driver pgx), and ext_schema (the schema of the extensions, after
+// session state and makes pgx use unnamed statements, default_query_exec_mode=exec,
+// unless a host sets cache_statement for a pooler that keeps named statements,
+// PgBouncer 1.21 or later with max_prepared_statements; it needs driver pgx), and ext_schema (the schema of the extensions, after
 // the shard's schema on search_path; default hv_ext, "none" for the shard's
 // schema alone; see Config.ExtensionSchema), and max_replica_lag (how far
 // behind a replica may be before reads skip it; default 1s, a duration as
@@ -378,7 +379,7 @@ func (c *Config) validate(where cfgPlaces) error {
 			return where.host(i).errorf("pool_max %d is negative", h.PoolMax)
 		}
 		if m, ok := h.Params["default_query_exec_mode"]; ok && c.PoolMode == PoolModeTransaction && !txModeExecModes[m] {
-			return where.host(i).errorf("default_query_exec_mode %q cannot work with pool_mode transaction: use exec, simple_protocol or describe_exec", m)
+			return where.host(i).errorf("default_query_exec_mode %q cannot work with pool_mode transaction: use exec, simple_protocol or describe_exec, or cache_statement behind a pooler that keeps named statements (PgBouncer 1.21 or later with max_prepared_statements)", m)
 		}
 		for _, k := range sortedParamKeys(h.Params) {
 			if msg := checkHostParam(k, h.Params[k]); msg != "" {

@@ -162,8 +162,11 @@ func (c *Connector) resolveMove(ctx context.Context, f *fleet, p *placement) (st
 		if next == nil {
 			return owner, nil // learnMove names it
 		}
-		p = &placement{shard: p.shard, host: next, schema: p.schema, setPath: p.setPath,
-			localPath: p.localPath, counters: next.counters(p.shard)}
+		// The shard's schema and search_path statements stay; only the
+		// host, its counters and its replicas are the next host's.
+		q := *p
+		q.host, q.counters, q.replicas, q.replicaSet = next, next.counters(p.shard), nil, nil
+		p = &q
 	}
 	return "", fmt.Errorf("shard %d: the chain of moves loops", p.shard)
 }

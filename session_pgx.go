@@ -48,6 +48,11 @@ import (
 type pgxSender struct {
 	conn     *pgx.Conn
 	capacity int
+	// local is set in pool_mode=transaction behind a pooler that keeps
+	// named statements (txSender): each statement's switch sets search_path
+	// for the batch's implicit transaction only, so it travels with every
+	// statement and the session never records a schema.
+	local bool
 
 	stmts      map[stmtKey]*stmtEntry
 	head, tail *stmtEntry                   // most and least recently used
@@ -63,7 +68,8 @@ type pgxSender struct {
 
 // schemaStatements is what the connection has prepared for one schema: the
 // SET search_path that switches to it (prepared, so that a switch costs the
-// server no parsing) and how many statements.
+// server no parsing; with local, a set_config for the transaction only) and
+// how many statements.
 type schemaStatements struct {
 	setName string
 	stmts   int
@@ -167,7 +173,9 @@ func (px *pgxSender) tryQuery(ctx context.Context, s *session, t *placement, que
 		if err != nil {
 			return nil, err
 		}
-		r.schema = t.schema
+		if !px.local {
+			r.schema = t.schema
+		}
 	} else {
 		r.rr = px.conn.PgConn().ExecStatement(ctx, e.sd, px.eqb.ParamValues, px.eqb.ParamFormats, e.resultFormats)
 	}
@@ -324,7 +332,9 @@ func (px *pgxSender) statement(ctx context.Context, s *session, t *placement, qu
 		return e, switching, nil
 	}
 	e, err := px.prepare(ctx, s, t, key, switching)
-	return e, false, err
+	// A preparation leaves the session on the schema, unless the switch was
+	// local: that one ended with the preparation's batch.
+	return e, switching && px.local, err
 }
 
 // ready returns driver.ErrBadConn when the connection is closed, as stdlib
@@ -353,8 +363,7 @@ func (px *pgxSender) encode(e *stmtEntry, args []driver.NamedValue) error {
 // connection's schema until the caller has read the batch to its end
 // without error.
 func (px *pgxSender) sendSwitched(ctx context.Context, s *session, t *placement, e *stmtEntry) (*pgconn.MultiResultReader, *pgconn.ResultReader, error) {
-	s.forgetSchema()
-	s.countSwitch(t)
+	px.switching(s, t)
 	var b pgconn.Batch
 	b.ExecPrepared(px.schemas[t.schema].setName, nil, nil, nil)
 	b.ExecStatement(e.sd, px.eqb.ParamValues, px.eqb.ParamFormats, e.resultFormats)
@@ -407,15 +416,14 @@ func (px *pgxSender) prepare(ctx context.Context, s *session, t *placement, key 
 	}
 	name := px.newName()
 	if switching {
-		s.forgetSchema()
-		s.countSwitch(t)
+		px.switching(s, t)
 	}
 	pl := px.conn.PgConn().StartPipeline(ctx)
 	for _, n := range px.stale {
 		pl.SendDeallocate(n)
 	}
 	if newSchema {
-		pl.SendPrepare(sch.setName, t.setPath, nil)
+		pl.SendPrepare(sch.setName, px.setSQL(t), nil)
 	}
 	if switching {
 		pl.SendQueryPrepared(sch.setName, nil, nil, nil)
@@ -458,7 +466,7 @@ func (px *pgxSender) prepare(ctx context.Context, s *session, t *placement, key 
 	}
 	sd.Name, sd.SQL = name, key.sql // a pipeline's description names neither
 	px.stale = px.stale[:0]
-	if switching {
+	if switching && !px.local {
 		s.setSchema(t.schema)
 	}
 	e := &stmtEntry{key: key, sd: sd, resultFormats: make([]int16, len(sd.Fields))}
@@ -470,6 +478,26 @@ func (px *pgxSender) prepare(ctx context.Context, s *session, t *placement, key 
 	sch.stmts++
 	px.pushFront(e)
 	return e, nil
+}
+
+// switching records that a statement switches s to t's schema: the session
+// forgets its schema until the switch is known to have run; a session-level
+// switch is counted (a local one is part of every statement).
+func (px *pgxSender) switching(s *session, t *placement) {
+	s.forgetSchema()
+	if !px.local {
+		s.countSwitch(t)
+	}
+}
+
+// setSQL returns the statement that switches to t's schema: SET
+// search_path, or with local a set_config for the current transaction
+// only, which a batch's implicit transaction ends.
+func (px *pgxSender) setSQL(t *placement) string {
+	if px.local {
+		return "SELECT pg_catalog.set_config('search_path', " + quoteLiteral(t.pathValue) + ", true)"
+	}
+	return t.setPath
 }
 
 // newName returns a statement name not used before on the connection.

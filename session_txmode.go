@@ -43,6 +43,18 @@ package hv
 // each host default_query_exec_mode=exec unless it sets one of the modes in
 // txModeExecModes.
 //
+// A host that sets default_query_exec_mode=cache_statement says its pooler
+// keeps protocol-level named statements across server connections
+// (PgBouncer 1.21 or later with max_prepared_statements above 0). There a
+// Query outside a transaction goes through hv's statement path
+// (session_pgx.go) in its local form: a statement prepared once per schema
+// and SQL text, and per schema a prepared set_config('search_path', …,
+// true), sent together as one batch with one Sync. The server then runs
+// cached plans instead of parsing and planning two unnamed statements on
+// every call. The pooler prepares a statement on a server connection that
+// lacks it just before its Bind, that is after the batch's set_config, so
+// it is parsed under its own schema's search_path, as hv parsed it.
+//
 // hv.Raw hands out the connection on no schema in this mode: the code given
 // it qualifies its names or sets search_path LOCAL in a transaction.
 
@@ -55,10 +67,11 @@ import (
 	"github.com/jackc/pgx/v5/stdlib"
 )
 
-// txModeExecModes are the pgx default_query_exec_mode values that use no
-// named prepared statement and no cached description, so work through a
-// transaction pooler.
-var txModeExecModes = map[string]bool{"exec": true, "simple_protocol": true, "describe_exec": true}
+// txModeExecModes are the pgx default_query_exec_mode values
+// pool_mode=transaction accepts: those that use no named prepared statement
+// and no cached description, which work through any transaction pooler,
+// and cache_statement, for a pooler that keeps named statements (above).
+var txModeExecModes = map[string]bool{"exec": true, "simple_protocol": true, "describe_exec": true, "cache_statement": true}
 
 // txSender sends statements in pool_mode=transaction: outside a
 // transaction each carries its schema with a LOCAL setting; inside one the
@@ -66,9 +79,11 @@ var txModeExecModes = map[string]bool{"exec": true, "simple_protocol": true, "de
 type txSender struct {
 	std stdSender
 	// px sends queries as one batch with their search_path (nil when the
-	// connection is not pgx in exec mode). Its statement cache stays empty:
-	// only unnamed statements are sent.
-	px *pgxSender
+	// connection is not pgx in exec or cache_statement mode). In exec mode
+	// its statement cache stays empty (only unnamed statements are sent);
+	// in cache_statement mode it is a local pgxSender (named).
+	px    *pgxSender
+	named bool
 }
 
 // newTxSender returns the transaction-mode sender for c.
@@ -76,6 +91,8 @@ func newTxSender(c driver.Conn) *txSender {
 	tm := &txSender{}
 	if sc, ok := c.(*stdlib.Conn); ok && sc.Conn().Config().DefaultQueryExecMode == pgx.QueryExecModeExec {
 		tm.px = &pgxSender{conn: sc.Conn()}
+	} else if px := newPgxSender(c); px != nil {
+		px.local, tm.px, tm.named = true, px, true
 	}
 	return tm
 }
@@ -106,7 +123,10 @@ func (tm *txSender) query(ctx context.Context, s *session, t *placement, query s
 	if s.inTx {
 		return s.queryInner(ctx, query, args)
 	}
-	if tm.batched(args) {
+	if tm.named && tm.px.serves(s, t, query, args) {
+		return tm.px.query(ctx, s, t, query, args)
+	}
+	if !tm.named && tm.batched(args) {
 		rows, err := tm.queryBatch(uncancellable(ctx), s, t, query, args)
 		return rows, badConn(err)
 	}

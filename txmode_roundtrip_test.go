@@ -77,7 +77,18 @@ func proxiedKeywords(kw string, p *netem.Proxy) string {
 // arguments, and an Exec are one each; the rows are each shard's, typed as
 // stdlib types them, and the LOCAL search_path does not outlive the
 // statement on the connection.
+//
+// With default_query_exec_mode=cache_statement (a pooler that keeps named
+// statements) the same holds, and the statements are hv's named ones: the
+// server keeps one per schema and SQL text, so a repeated query is not
+// parsed again.
 func TestTxModeQueryOneRoundTrip(t *testing.T) {
+	for _, mode := range []string{"", "cache_statement"} {
+		t.Run("exec_mode="+mode, func(t *testing.T) { testTxModeQueryOneRoundTrip(t, mode) })
+	}
+}
+
+func testTxModeQueryOneRoundTrip(t *testing.T, execMode string) {
 	s := pgtest.Default(t)
 	kw := s.CreateDatabase(t)
 	createShards(t, kw, ShardRange{1, 4})
@@ -87,7 +98,11 @@ func TestTxModeQueryOneRoundTrip(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer p.Close()
-	db, err := sql.Open("hv", fmt.Sprintf("shards=1-4 %s; pool_max=1; pool_mode=transaction", proxiedKeywords(kw, p)))
+	hostKw := proxiedKeywords(kw, p)
+	if execMode != "" {
+		hostKw += " default_query_exec_mode=" + execMode
+	}
+	db, err := sql.Open("hv", fmt.Sprintf("shards=1-4 %s; pool_max=1; pool_mode=transaction", hostKw))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,6 +113,10 @@ func TestTxModeQueryOneRoundTrip(t *testing.T) {
 
 	const n = 12
 	before := rt.count()
+	prepared := 0 // named statements: each shard's first query prepares (a round trip)
+	if execMode == "cache_statement" {
+		prepared = 3
+	}
 	for i := range n {
 		shard := 1 + i%3
 		ctx := WithShard(context.Background(), shard)
@@ -111,8 +130,8 @@ func TestTxModeQueryOneRoundTrip(t *testing.T) {
 			t.Errorf("shard %d: got %s, %d, %d, %v", shard, schema, got, plus, note)
 		}
 	}
-	if got := rt.count() - before; got != n {
-		t.Errorf("%d queries took %d round trips, want %d", n, got, n)
+	if got := rt.count() - before; got != n+prepared {
+		t.Errorf("%d queries took %d round trips, want %d", n, got, n+prepared)
 	}
 
 	before = rt.count()
@@ -145,6 +164,51 @@ func TestTxModeQueryOneRoundTrip(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+
+	// hv's named statements are on the connection in cache_statement mode
+	// only: one per schema and SQL text, and each schema's set_config.
+	err = Raw(WithShard(context.Background(), 1), db, 1, func(dc any) error {
+		var named int
+		q := "SELECT count(*) FROM pg_prepared_statements WHERE name LIKE 'hv\\_%'"
+		if err := dc.(*stdlib.Conn).Conn().QueryRow(context.Background(), q).Scan(&named); err != nil {
+			return err
+		}
+		want := 0
+		if execMode == "cache_statement" {
+			// shards 1-3: the query and set_config; shard 1: whereAmIShard's;
+			// shard 3: SELECT 2::int4
+			want = 3*2 + 2
+		}
+		if named != want {
+			t.Errorf("%d of hv's named statements on the connection, want %d", named, want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// A statement whose result type changed (DDL) is prepared again.
+	ctx2 := WithShard(context.Background(), 2)
+	columns := func() []string {
+		rows, err := db.QueryContext(ctx2, "SELECT * FROM t WHERE id = 0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer rows.Close()
+		cols, err := rows.Columns()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cols
+	}
+	before1 := len(columns())
+	if _, err := db.ExecContext(ctx2, "ALTER TABLE t ADD COLUMN extra int DEFAULT 7"); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(columns()); got != before1+1 {
+		t.Errorf("after ALTER TABLE: %d columns, want %d", got, before1+1)
 	}
 
 	// An error in the statement fails the query with its shard, and the

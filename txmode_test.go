@@ -30,7 +30,6 @@ func TestPoolModeConfig(t *testing.T) {
 		{"shards=1-9 host=a; pool_mode=statement", "pool_mode \"statement\" is not supported"},
 		{"shards=1-9 host=a; pool_mode=Transaction", "not supported"},
 		{"shards=1-9 host=a; pool_mode=transaction; driver=postgres", "needs driver pgx"},
-		{"shards=1-9 host=a default_query_exec_mode=cache_statement; pool_mode=transaction", "cannot work with pool_mode transaction"},
 		{"shards=1-9 host=a default_query_exec_mode=cache_describe; pool_mode=transaction", "cannot work with pool_mode transaction"},
 		{"shards=1-9 host=a pool_mode=transaction", "global option"},
 		{"shards=1-9 host=a; pool_mode=session; pool_mode=transaction", "already set"},
@@ -40,7 +39,7 @@ func TestPoolModeConfig(t *testing.T) {
 			t.Errorf("ParseConfig(%q) = %v, want %q", tc.dsn, err, tc.want)
 		}
 	}
-	for _, m := range []string{"exec", "simple_protocol", "describe_exec"} {
+	for _, m := range []string{"exec", "simple_protocol", "describe_exec", "cache_statement"} {
 		if _, err := ParseConfig("shards=1-9 host=a default_query_exec_mode=" + m + "; pool_mode=transaction"); err != nil {
 			t.Errorf("%s: %v", m, err)
 		}
