@@ -47,18 +47,19 @@ $(BENCHSTAT):
 NET       ?=
 NETCOUNT  ?= 3
 NETBENCHTIME ?= 1000x
-POLICYTIME ?= 1000x
+POLICYTIME ?= 10000x
+NETPOLICYTIME ?= 2000x
 BENCHES    = PointSelect|RandomShard|TxMode|SchemaSwitch|FanOut$$
 bench: $(BENCHSTAT)
 	$(GO) test -c -o hv.bench.test .
 	set -e; for net in loopback $(NET); do \
-		out=bench.$$net.out; rm -f $$out; count=$(COUNT); delay=; bt=$(BENCHTIME); \
-		if [ $$net != loopback ]; then count=$(NETCOUNT); delay=$$net; bt=$(NETBENCHTIME); fi; \
+		out=bench.$$net.out; rm -f $$out; count=$(COUNT); delay=; bt=$(BENCHTIME); pt=$(POLICYTIME); \
+		if [ $$net != loopback ]; then count=$(NETCOUNT); delay=$$net; bt=$(NETBENCHTIME); pt=$(NETPOLICYTIME); fi; \
 		for i in $$(seq $$count); do echo "$$net: run $$i of $$count"; \
 			HV_BENCH_NET=$$delay ./hv.bench.test -test.run '^$$' -test.bench '$(BENCHES)' -test.benchmem \
 				-test.benchtime $$bt -test.count 1 >> $$out; \
 			HV_BENCH_NET=$$delay ./hv.bench.test -test.run '^$$' -test.bench 'Policy' -test.benchmem \
-				-test.benchtime $(POLICYTIME) -test.count 1 >> $$out; done; \
+				-test.benchtime $$pt -test.count 1 >> $$out; done; \
 	done
 	rm -f hv.bench.test
 	for net in loopback $(NET); do echo; echo "=== network: $$net (one-way delay)"; \

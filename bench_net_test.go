@@ -101,15 +101,19 @@ type pointLoad struct{ goroutines, shards, hosts, poolMax int }
 
 // warmUp returns how many statements bring l to its steady state, where
 // every connection it keeps busy (on each host, at most one a goroutine
-// and poolMax in all) has prepared the statement of every shard of its
-// host, on both sides (pgx's statement cache, hv's statements per schema).
-// A connection meets its host's shards at random, so it takes about
-// perHost·(ln perHost + 2) statements to have met all but e⁻² of one (the
-// coupon collector). With fewer, the timed part pays for preparations.
+// and poolMax in all) has run the statement of every shard of its host
+// often enough to be past its preparation (pgx's statement cache, hv's
+// statements per schema) and past PostgreSQL's first five executions of a
+// prepared statement, which it plans with their parameters before it may
+// keep a generic plan. A connection meets its host's shards at random:
+// perHost·(ln perHost + 8) statements give each one about eight times, all
+// but a few at least five times (the coupon collector, repeated). With
+// fewer, the timed part pays for planning, most on the side whose
+// connections are new.
 func (l pointLoad) warmUp() int {
 	perHost := float64(l.shards / l.hosts)
 	busy := l.hosts * min(l.goroutines, l.poolMax) // connections
-	return int(float64(busy) * perHost * (math.Log(perHost) + 2))
+	return int(float64(busy) * perHost * (math.Log(perHost) + 8))
 }
 
 // runPoint runs stmt on random shards as l says, after an untimed warm-up
