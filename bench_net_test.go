@@ -170,11 +170,10 @@ func runPoint(b *testing.B, l pointLoad, started func(), stmt func(s int) error)
 // SELECT on a random shard, for 1, 8 and 64 goroutines, 16 and 256 shards,
 // 2 and 4 hosts (4 are 4 databases on two servers), directly through pgx
 // (schema-qualified, one *sql.DB per host, the same pool max) and through
-// hv with its rule, the most recently released connection with the switch
-// riding along (via=hv), and with the rule it had before for a statement
-// alone on its host (via=hv-alone, aloneRule), each rule on a Connector of
-// its own. The row hosts=4/shards=256/g=64 is the throughput at scale.
-// Compare with `benchstat -col /via`.
+// hv with its rule (via=hv) and with "always the most recently released
+// connection, the switch riding along" (via=hv-recent, alwaysMostRecent),
+// each rule on a Connector of its own. The row hosts=4/shards=256/g=64 is
+// the throughput at scale. Compare with `benchstat -col /via`.
 func BenchmarkPolicy(b *testing.B) {
 	const poolMax = 10
 	for _, hosts := range []int{2, 4} {
@@ -210,14 +209,14 @@ func BenchmarkPolicy(b *testing.B) {
 						return direct[(s-1)/f.perHost].QueryRowContext(ctx, qualified[s], 0).Scan(&got)
 					})
 				})
-				for _, alone := range []bool{false, true} {
+				for _, recent := range []bool{false, true} {
 					via := "hv"
-					if alone {
-						via = "hv-alone"
+					if recent {
+						via = "hv-recent"
 					}
 					b.Run(name+"/via="+via, func(b *testing.B) {
-						aloneRule.Store(alone)
-						defer aloneRule.Store(false)
+						alwaysMostRecent.Store(recent)
+						defer alwaysMostRecent.Store(false)
 						// A Connector of its own: no rule inherits another's
 						// connections.
 						c, err := NewConnector(cfg)

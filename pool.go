@@ -170,15 +170,19 @@ func (h *hostPool) unlock(slot *semaphore) {
 // nil to take one from the inner pool; retired is set (and no connection
 // returned) when the pool has left the fleet.
 //
-// The statement switches a connection's schema when it must, and the
-// switch rides along with it: it takes the most recently released
-// connection, as database/sql does, unless that one lacks the schema's
-// prepared statements and another has them (most recent first); it does
-// so even when an older connection is on schema, and opens none while one
-// is idle: waking a connection that has been idle longer costs the host's
-// CPUs more than the switch costs the server (BenchmarkPolicy). aloneRule
-// brings back, for the benchmark's comparison, the former rule for a
-// statement alone on its host.
+// With no other statement of the host in flight, it takes an idle
+// connection already on schema (most recently released first); else, when
+// the host owns no more shards than pool_max, none while the host has room
+// for another connection: in time every shard gets a connection of its own
+// and statements stop switching schema.
+//
+// Otherwise the statement switches a connection's schema, and the switch
+// rides along with it: it takes the most recently released connection, as
+// database/sql does, unless that one lacks the schema's prepared statements
+// and another has them (most recent first). A switch costs the server a
+// statement of its own (the SET, and on PostgreSQL 15 a pass over every
+// setting when the transaction ends), so avoiding one is worth taking a
+// connection that has been idle a little longer (BenchmarkPolicy).
 func (h *hostPool) takeIdle(schema string) (c *sql.Conn, retired bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -190,7 +194,7 @@ func (h *hostPool) takeIdle(schema string) (c *sql.Conn, retired bool) {
 		return nil, false
 	}
 	pick := n - 1
-	if alone := h.conns.inUse() == 1; alone && aloneRule.Load() && !h.idle[pick].sess.on(schema) {
+	if alone := h.conns.inUse() == 1; alone && !alwaysMostRecent.Load() && !h.idle[pick].sess.on(schema) {
 		pick = h.mostRecent(func(ic *idleConn) bool { return ic.sess.on(schema) })
 		// Every permit holder, other than us, holds a connection; so do
 		// the idle ones. Room for one more: let the inner pool give it.
@@ -212,14 +216,13 @@ func (h *hostPool) takeIdle(schema string) (c *sql.Conn, retired bool) {
 	return c, false
 }
 
-// aloneRule, set by BenchmarkPolicy only, brings back the rule hv had for a
-// statement alone on its host: take the connection on its schema, or open
-// one per shard while there is room. Without it every statement takes the
-// most recently released connection (one with the schema's prepared
-// statements first), the switch riding along; that was faster in 10 of 12
-// BenchmarkPolicy rows on loopback and 9 of 12 on a 0.25 ms network in the
-// two quietest runs (README, Performance). It lets one run compare both.
-var aloneRule atomic.Bool
+// alwaysMostRecent, set by BenchmarkPolicy only, drops the rule for a
+// statement alone on its host (take the connection on schema, or open one
+// per shard): every statement takes the most recently released connection,
+// the switch riding along. It lets one run compare both rules side by
+// side; with every busy connection warmed up, the rule was as fast or
+// faster (README, Performance).
+var alwaysMostRecent atomic.Bool
 
 // mostRecent returns the index of the most recently released idle
 // connection for which ok holds, or -1. Called with h.mu held. An idle

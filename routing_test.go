@@ -328,11 +328,12 @@ func TestChangesSearchPath(t *testing.T) {
 }
 
 // Which idle connection a statement takes (the last idle one is the most
-// recently released): the most recent, unless it lacks the schema's
-// prepared statements and another has them. wantAlone is what the former
-// rule BenchmarkPolicy compares with (aloneRule) takes: alone on its host,
-// one on its schema, else a new one while there is room and the host owns
-// no more shards than pool_max; else the most recent, as above.
+// recently released): alone on its host, one on its schema, else a new one
+// while there is room and the host owns no more shards than pool_max; else,
+// and under load, the most recent, unless it lacks the schema's prepared
+// statements and another has them. wantRecent is what the alternative
+// BenchmarkPolicy measures (alwaysMostRecent) takes: always the most recent,
+// with the same preference for prepared statements.
 func TestTakeIdle(t *testing.T) {
 	with := func(schema string, prepared ...string) *session {
 		px := &pgxSender{schemas: map[string]*schemaStatements{}}
@@ -348,12 +349,12 @@ func TestTakeIdle(t *testing.T) {
 		return idleConn{conn: &sql.Conn{}, sess: &session{send: stdSender{}, schema: s}}
 	}
 	for _, tc := range []struct {
-		name            string
-		idle            []idleConn
-		inFlight        int // other statements of the host
-		poolMax         int
-		shards          int // the host owns
-		want, wantAlone int // index into idle, -1 for a new connection
+		name             string
+		idle             []idleConn
+		inFlight         int // other statements of the host
+		poolMax          int
+		shards           int // the host owns
+		wantRecent, want int // index into idle, -1 for a new connection
 	}{
 		{"alone: on the schema", []idleConn{on("c"), on("a"), on("b")}, 0, 3, 3, 0, 0},
 		{"alone: on the schema, the most recent has its statements", []idleConn{on("c"), on("a"), on("b", "c")}, 0, 3, 3, 2, 0},
@@ -366,26 +367,26 @@ func TestTakeIdle(t *testing.T) {
 		{"busy: none has them", []idleConn{on("a"), on("b")}, 2, 10, 3, 1, 1},
 		{"lib/pq: the most recent", []idleConn{lib("a"), lib("b")}, 0, 2, 3, 1, 1},
 	} {
-		for _, alone := range []bool{false, true} {
+		for _, recent := range []bool{false, true} {
 			h := &hostPool{idle: append([]idleConn(nil), tc.idle...), conns: newSemaphore(20)}
 			h.settings.Store(&poolSettings{poolMax: tc.poolMax})
 			h.shards.Store(int64(tc.shards))
 			for range tc.inFlight + 1 { // the statement's own permit too
 				h.conns.tryAcquire()
 			}
-			aloneRule.Store(alone)
+			alwaysMostRecent.Store(recent)
 			got, _ := h.takeIdle("c")
-			aloneRule.Store(false)
+			alwaysMostRecent.Store(false)
 			wantIdx := tc.want
-			if alone {
-				wantIdx = tc.wantAlone
+			if recent {
+				wantIdx = tc.wantRecent
 			}
 			want := (*sql.Conn)(nil)
 			if wantIdx >= 0 {
 				want = tc.idle[wantIdx].conn
 			}
 			if got != want {
-				t.Errorf("%s (aloneRule %v): took %v, want index %d", tc.name, alone, got, wantIdx)
+				t.Errorf("%s (alwaysMostRecent %v): took %v, want index %d", tc.name, recent, got, wantIdx)
 			}
 		}
 	}
