@@ -193,13 +193,14 @@ var libpqKeywords = map[string]bool{
 // or an RFC 3339 time) and pool_mode ("session", the default, or
 // "transaction" for hosts behind PgBouncer in transaction pooling mode: hv
 // then sets the schema with SET LOCAL inside every transaction, keeps no
-// session state and makes pgx use unnamed statements, default_query_exec_mode=exec,
-// unless a host sets cache_statement for a pooler that keeps named statements,
-// PgBouncer 1.21 or later with max_prepared_statements; it needs driver pgx), and ext_schema (the schema of the extensions, after
-// the shard's schema on search_path; default hv_ext, "none" for the shard's
-// schema alone; see Config.ExtensionSchema), and max_replica_lag (how far
-// behind a replica may be before reads skip it; default 1s, a duration as
-// for pool_block_timeout but positive).
+// session state and makes pgx use unnamed statements,
+// default_query_exec_mode=exec, unless a host sets cache_statement for a
+// pooler that keeps named statements, PgBouncer 1.21 or later with
+// max_prepared_statements; it needs driver pgx), and ext_schema (the schema
+// of the extensions, after the shard's schema on search_path; default
+// hv_ext, "none" for the shard's schema alone; see Config.ExtensionSchema),
+// and max_replica_lag (how far behind a replica may be before reads skip
+// it; default 1s, a duration as for pool_block_timeout but positive).
 //
 // On failure ParseConfig returns nil and an error wrapping ErrBadConfig that
 // names the offending segment by its 1-based number (counting empty

@@ -363,7 +363,7 @@ func (px *pgxSender) encode(e *stmtEntry, args []driver.NamedValue) error {
 // connection's schema until the caller has read the batch to its end
 // without error.
 func (px *pgxSender) sendSwitched(ctx context.Context, s *session, t *placement, e *stmtEntry) (*pgconn.MultiResultReader, *pgconn.ResultReader, error) {
-	px.switching(s, t)
+	px.startSwitch(s, t)
 	var b pgconn.Batch
 	b.ExecPrepared(px.schemas[t.schema].setName, nil, nil, nil)
 	b.ExecStatement(e.sd, px.eqb.ParamValues, px.eqb.ParamFormats, e.resultFormats)
@@ -416,7 +416,7 @@ func (px *pgxSender) prepare(ctx context.Context, s *session, t *placement, key 
 	}
 	name := px.newName()
 	if switching {
-		px.switching(s, t)
+		px.startSwitch(s, t)
 	}
 	pl := px.conn.PgConn().StartPipeline(ctx)
 	for _, n := range px.stale {
@@ -480,10 +480,10 @@ func (px *pgxSender) prepare(ctx context.Context, s *session, t *placement, key 
 	return e, nil
 }
 
-// switching records that a statement switches s to t's schema: the session
-// forgets its schema until the switch is known to have run; a session-level
-// switch is counted (a local one is part of every statement).
-func (px *pgxSender) switching(s *session, t *placement) {
+// startSwitch records that a statement switches s to t's schema: the
+// session forgets its schema until the switch is known to have run; a
+// session-level switch is counted (a local one is part of every statement).
+func (px *pgxSender) startSwitch(s *session, t *placement) {
 	s.forgetSchema()
 	if !px.local {
 		s.countSwitch(t)

@@ -82,9 +82,12 @@ type txSender struct {
 	// connection is not pgx in exec or cache_statement mode). In exec mode
 	// its statement cache stays empty (only unnamed statements are sent);
 	// in cache_statement mode it is a local pgxSender (named).
-	px    *pgxSender
-	named bool
+	px *pgxSender
 }
+
+// named reports whether queries go as hv's named statements (a host in
+// cache_statement mode, behind a pooler that keeps them).
+func (tm *txSender) named() bool { return tm.px != nil && tm.px.local }
 
 // newTxSender returns the transaction-mode sender for c.
 func newTxSender(c driver.Conn) *txSender {
@@ -92,7 +95,7 @@ func newTxSender(c driver.Conn) *txSender {
 	if sc, ok := c.(*stdlib.Conn); ok && sc.Conn().Config().DefaultQueryExecMode == pgx.QueryExecModeExec {
 		tm.px = &pgxSender{conn: sc.Conn()}
 	} else if px := newPgxSender(c); px != nil {
-		px.local, tm.px, tm.named = true, px, true
+		px.local, tm.px = true, px
 	}
 	return tm
 }
@@ -123,10 +126,10 @@ func (tm *txSender) query(ctx context.Context, s *session, t *placement, query s
 	if s.inTx {
 		return s.queryInner(ctx, query, args)
 	}
-	if tm.named && tm.px.serves(s, t, query, args) {
+	if tm.named() && tm.px.serves(s, t, query, args) {
 		return tm.px.query(ctx, s, t, query, args)
 	}
-	if !tm.named && tm.batched(args) {
+	if !tm.named() && tm.batched(args) {
 		rows, err := tm.queryBatch(uncancellable(ctx), s, t, query, args)
 		return rows, badConn(err)
 	}
