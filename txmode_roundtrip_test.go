@@ -220,3 +220,55 @@ func testTxModeQueryOneRoundTrip(t *testing.T, execMode string) {
 		t.Errorf("after an error: shard %d, %v", sh, err)
 	}
 }
+
+// TestTxModeNamedConcurrent runs named-statement transaction mode
+// (default_query_exec_mode=cache_statement) from 4 goroutines over 8 shards
+// and 3 connections: every read is its own shard's, and afterwards the
+// connection a statement gets is on no shard's search_path (each batch's
+// setting ends with it).
+func TestTxModeNamedConcurrent(t *testing.T) {
+	s := pgtest.Default(t)
+	kw := s.CreateDatabase(t)
+	createShards(t, kw, ShardRange{1, 9})
+	db, err := sql.Open("hv", fmt.Sprintf("shards=1-9 %s default_query_exec_mode=cache_statement; pool_max=3; pool_mode=transaction", kw))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	wrong := 0
+	for g := range 4 {
+		wg.Go(func() {
+			for i := range 200 {
+				shard := 1 + (g*7+i)%8
+				got, err := whereAmIShard(WithShard(context.Background(), shard), db)
+				mu.Lock()
+				if err != nil || got != shard {
+					wrong++
+					if wrong <= 3 {
+						t.Errorf("shard %d: read shard %d, %v", shard, got, err)
+					}
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	if wrong > 0 {
+		t.Errorf("%d of 800 reads wrong", wrong)
+	}
+	err = Raw(WithShard(context.Background(), 1), db, 1, func(dc any) error {
+		var path string
+		if err := dc.(*stdlib.Conn).Conn().QueryRow(context.Background(), "SHOW search_path").Scan(&path); err != nil {
+			return err
+		}
+		if strings.Contains(path, "shard") {
+			t.Errorf("search_path after batched queries: %q", path)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
