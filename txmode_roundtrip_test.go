@@ -152,18 +152,8 @@ func testTxModeQueryOneRoundTrip(t *testing.T, execMode string) {
 	}
 
 	// The connection is back on its own search_path after the batch.
-	err = Raw(WithShard(context.Background(), 1), db, 1, func(dc any) error {
-		var path string
-		if err := dc.(*stdlib.Conn).Conn().QueryRow(context.Background(), "SHOW search_path").Scan(&path); err != nil {
-			return err
-		}
-		if strings.Contains(path, "shard") {
-			t.Errorf("search_path after a batched query: %q", path)
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
+	if path := rawSearchPath(t, db); strings.Contains(path, "shard") {
+		t.Errorf("search_path after a batched query: %q", path)
 	}
 
 	// hv's named statements are on the connection in cache_statement mode
@@ -258,17 +248,21 @@ func TestTxModeNamedConcurrent(t *testing.T) {
 	if wrong > 0 {
 		t.Errorf("%d of 800 reads wrong", wrong)
 	}
-	err = Raw(WithShard(context.Background(), 1), db, 1, func(dc any) error {
-		var path string
-		if err := dc.(*stdlib.Conn).Conn().QueryRow(context.Background(), "SHOW search_path").Scan(&path); err != nil {
-			return err
-		}
-		if strings.Contains(path, "shard") {
-			t.Errorf("search_path after batched queries: %q", path)
-		}
-		return nil
+	if path := rawSearchPath(t, db); strings.Contains(path, "shard") {
+		t.Errorf("search_path after batched queries: %q", path)
+	}
+}
+
+// rawSearchPath returns search_path as the connection a statement on shard
+// 1 gets has it (hv.Raw hands it out on no schema in transaction mode).
+func rawSearchPath(t *testing.T, db *sql.DB) string {
+	t.Helper()
+	var path string
+	err := Raw(WithShard(context.Background(), 1), db, 1, func(dc any) error {
+		return dc.(*stdlib.Conn).Conn().QueryRow(context.Background(), "SHOW search_path").Scan(&path)
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
+	return path
 }
