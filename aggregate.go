@@ -295,18 +295,7 @@ func (m *aggMerge) result(order []SortKey) ([][]driver.Value, error) {
 			keys = append(keys, sortCol{index: j})
 		}
 	}
-	slices.SortFunc(out, func(a, b []driver.Value) int {
-		for _, k := range keys {
-			c := compareValues(a[k.index], b[k.index])
-			if k.desc {
-				c = -c
-			}
-			if c != 0 {
-				return c
-			}
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b []driver.Value) int { return compareByCols(keys, a, b) })
 	return out, nil
 }
 
@@ -605,16 +594,7 @@ func (r *aggStream) Next(dest []driver.Value) error {
 
 // before reports whether group a sorts before b in the merge order.
 func (r *aggStream) before(a, b *aggGroupState) bool {
-	for _, k := range r.order {
-		c := compareValues(a.key[k.index], b.key[k.index])
-		if k.desc {
-			c = -c
-		}
-		if c != 0 {
-			return c < 0
-		}
-	}
-	return false
+	return compareByCols(r.order, a.key, b.key) < 0
 }
 
 // groupOrder maps sort keys on GroupBy columns of the result to their

@@ -537,6 +537,21 @@ type sortCol struct {
 	desc  bool
 }
 
+// compareByCols compares rows a and b column by column in the order cols
+// gives: negative when a sorts first, positive when b does, 0 when they tie.
+func compareByCols(cols []sortCol, a, b []driver.Value) int {
+	for _, k := range cols {
+		c := compareValues(a[k.index], b[k.index])
+		if k.desc {
+			c = -c
+		}
+		if c != 0 {
+			return c
+		}
+	}
+	return 0
+}
+
 // sortColumns resolves the merge keys against the result's columns.
 func sortColumns(cols []string, keys []SortKey) ([]sortCol, error) {
 	out := make([]sortCol, len(keys))
@@ -572,14 +587,8 @@ func (h *mergeHeap) Pop() any {
 
 func (h *mergeHeap) Less(i, j int) bool {
 	a, b := h.streams[i], h.streams[j]
-	for _, k := range h.keys {
-		c := compareValues(a.row[k.index], b.row[k.index])
-		if k.desc {
-			c = -c
-		}
-		if c != 0 {
-			return c < 0
-		}
+	if c := compareByCols(h.keys, a.row, b.row); c != 0 {
+		return c < 0
 	}
 	return a.index < b.index
 }
