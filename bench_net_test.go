@@ -67,26 +67,8 @@ func newBenchFleet(b *testing.B, hosts, shards int, global string) *benchFleet {
 	f := &benchFleet{perHost: shards / hosts}
 	var segs []string
 	for i := range hosts {
-		kw := servers[i%2].CreateDatabase(b)
-		db, err := sql.Open("pgx", kw)
-		if err != nil {
-			b.Fatal(err)
-		}
 		r := ShardRange{1 + i*f.perHost, 1 + (i+1)*f.perHost}
-		var ddl strings.Builder
-		for sh := r.Start; sh < r.End; sh++ {
-			fmt.Fprintf(&ddl, `CREATE SCHEMA shard%04[1]d;
-				CREATE TABLE shard%04[1]d.t (id int PRIMARY KEY, shard int NOT NULL, note text);
-				INSERT INTO shard%04[1]d.t VALUES (0, %[1]d, 'seed');`, sh)
-		}
-		if _, err := db.Exec(ddl.String()); err != nil {
-			b.Fatal(err)
-		}
-		var port int
-		if err := db.QueryRow("SELECT inet_server_port()").Scan(&port); err != nil {
-			b.Fatal(err)
-		}
-		db.Close()
+		kw, port := shardDatabase(b, servers[i%2], r)
 		kw = netKeywords(b, kw, port)
 		f.hosts = append(f.hosts, kw)
 		segs = append(segs, fmt.Sprintf("shards=%s %s", r, kw))

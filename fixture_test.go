@@ -28,6 +28,46 @@ type testFleet struct {
 	ports   []int
 }
 
+// createShards creates, in the database of libpq keywords kw, each shard's
+// schema with t(id int primary key, shard int, note text) holding the row
+// (0, shard, 'seed').
+func createShards(t testing.TB, kw string, r ShardRange) {
+	t.Helper()
+	db, err := sql.Open("pgx", kw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	var ddl strings.Builder
+	for sh := r.Start; sh < r.End; sh++ {
+		fmt.Fprintf(&ddl, `CREATE SCHEMA shard%04[1]d;
+			CREATE TABLE shard%04[1]d.t (id int PRIMARY KEY, shard int NOT NULL, note text);
+			INSERT INTO shard%04[1]d.t VALUES (0, %[1]d, 'seed');`, sh)
+	}
+	if _, err := db.Exec(ddl.String()); err != nil {
+		t.Fatalf("creating shards: %v", err)
+	}
+}
+
+// shardDatabase creates a database on s holding shards r (createShards)
+// and returns its libpq keywords and the server's port, as the server
+// reports it.
+func shardDatabase(tb testing.TB, s *pgtest.Server, r ShardRange) (string, int) {
+	tb.Helper()
+	kw := s.CreateDatabase(tb)
+	createShards(tb, kw, r)
+	db, err := sql.Open("pgx", kw)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer db.Close()
+	var port int
+	if err := db.QueryRow("SELECT inet_server_port()").Scan(&port); err != nil {
+		tb.Fatal(err)
+	}
+	return kw, port
+}
+
 // newTestFleet creates the two hosts' databases, each shard's schema with a
 // table t(id int primary key, shard int, note text) holding one row
 // (0, shard), and returns the hv DSN for them.
@@ -49,26 +89,8 @@ func newTestFleet(t testing.TB, o fleetOptions) *testFleet {
 	ranges := []ShardRange{{1, n + 1}, {n + 1, 2*n + 1}}
 	var segs []string
 	for i, s := range servers {
-		kw := s.CreateDatabase(t)
-		db, err := sql.Open("pgx", kw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ddl strings.Builder
-		for sh := ranges[i].Start; sh < ranges[i].End; sh++ {
-			fmt.Fprintf(&ddl, `CREATE SCHEMA shard%04[1]d;
-				CREATE TABLE shard%04[1]d.t (id int PRIMARY KEY, shard int NOT NULL, note text);
-				INSERT INTO shard%04[1]d.t VALUES (0, %[1]d, 'seed');`, sh)
-		}
-		if _, err := db.Exec(ddl.String()); err != nil {
-			t.Fatalf("creating shards on %s: %v", kw, err)
-		}
-		var port int
-		if err := db.QueryRow("SELECT inet_server_port()").Scan(&port); err != nil {
-			t.Fatal(err)
-		}
+		kw, port := shardDatabase(t, s, ranges[i])
 		f.ports = append(f.ports, port)
-		db.Close()
 		kw = netKeywords(t, kw, port) // benchmarks on the emulated network
 		f.hosts = append(f.hosts, kw)
 		segs = append(segs, fmt.Sprintf("shards=%s %s", ranges[i], kw))

@@ -18,27 +18,6 @@ import (
 	"github.com/hypervault/hv/internal/pgtest"
 )
 
-// createShards creates, in the database of libpq keywords kw, each shard's
-// schema with t(id int primary key, shard int, note text) holding the row
-// (0, shard, 'seed').
-func createShards(t testing.TB, kw string, r ShardRange) {
-	t.Helper()
-	db, err := sql.Open("pgx", kw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	var ddl strings.Builder
-	for sh := r.Start; sh < r.End; sh++ {
-		fmt.Fprintf(&ddl, `CREATE SCHEMA shard%04[1]d;
-			CREATE TABLE shard%04[1]d.t (id int PRIMARY KEY, shard int NOT NULL, note text);
-			INSERT INTO shard%04[1]d.t VALUES (0, %[1]d, 'seed');`, sh)
-	}
-	if _, err := db.Exec(ddl.String()); err != nil {
-		t.Fatalf("creating shards: %v", err)
-	}
-}
-
 // startBouncer starts PgBouncer in front of s, skipping the test when
 // pgbouncer is not installed, unless CI=true.
 func startBouncer(t testing.TB, s *pgtest.Server, mode string, poolSize int) *pgbouncer.Bouncer {
