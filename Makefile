@@ -33,7 +33,8 @@ $(BENCHSTAT):
 
 ## bench: routed point SELECTs against direct pgx on the same two servers
 ## (fixed shard; random of 16 with 1 and 8 goroutines; random of 256),
-## transaction mode against session mode, the connection policy (1, 8 and
+## transaction mode against session mode (and, as the protocol's share,
+## direct pgx in the two exec modes they use), the connection policy (1, 8 and
 ## 64 goroutines, 16 and 256 shards, 2 and 4 hosts; hv's rule via=hv, the
 ## former rule for a statement alone on its host via=hv-alone; hosts=4/shards=256/g=64
 ## is the throughput at scale), the ways of switching schema on one

@@ -230,6 +230,12 @@ func BenchmarkPolicy(b *testing.B) {
 // (the default) and with named ones (transaction-named: hosts with
 // default_query_exec_mode=cache_statement, for a pooler that keeps them),
 // 1 goroutine. Compare with `benchstat -col /via`: transaction / session.
+//
+// The rows direct/… are the protocol's own share of that ratio: the same
+// SELECT sent directly through pgx on schema-qualified SQL, via=session in
+// the exec mode hv uses in session mode (cache_statement: named statements,
+// cached plans) and via=transaction in the one it uses in transaction mode
+// (exec: an unnamed statement, parsed and planned on every call).
 func BenchmarkTxMode(b *testing.B) {
 	f := newTestFleet(b, fleetOptions{global: "pool_max=10"})
 	ctx := context.Background()
@@ -257,5 +263,30 @@ func BenchmarkTxMode(b *testing.B) {
 			})
 		})
 		db.Close()
+	}
+	qualified := make([]string, 17)
+	for s := 1; s <= 16; s++ {
+		qualified[s] = fmt.Sprintf("SELECT shard FROM shard%04d.t WHERE id = $1", s)
+	}
+	for _, mode := range []struct{ via, execMode string }{{"session", "cache_statement"}, {"transaction", "exec"}} {
+		var direct [2]*sql.DB
+		for i := range direct {
+			d, err := sql.Open("pgx", f.hosts[i]+" default_query_exec_mode="+mode.execMode)
+			if err != nil {
+				b.Fatal(err)
+			}
+			d.SetMaxOpenConns(10)
+			d.SetMaxIdleConns(10)
+			direct[i] = d
+		}
+		b.Run("direct/shards=16/g=1/via="+mode.via, func(b *testing.B) {
+			runPoint(b, pointLoad{goroutines: 1, shards: 16, hosts: 2, poolMax: 10}, nil, func(s int) error {
+				var got int
+				return direct[(s-1)/8].QueryRowContext(ctx, qualified[s], 0).Scan(&got)
+			})
+		})
+		for _, d := range direct {
+			d.Close()
+		}
 	}
 }
