@@ -152,9 +152,10 @@ func runPoint(b *testing.B, l pointLoad, started func(), stmt func(s int) error)
 // SELECT on a random shard, for 1, 8 and 64 goroutines, 16 and 256 shards,
 // 2 and 4 hosts (4 are 4 databases on two servers), directly through pgx
 // (schema-qualified, one *sql.DB per host, the same pool max) and through
-// hv with its rule (via=hv) and with "always the most recently released
-// connection, the switch riding along" (via=hv-recent, alwaysMostRecent),
-// each rule on a Connector of its own. The row hosts=4/shards=256/g=64 is
+// hv with its rule, the most recently released connection with the switch
+// riding along (via=hv), and with the former rule for a statement alone on
+// its host, a connection per shard (via=hv-alone, perShardWhenAlone), each
+// rule on a Connector of its own. The row hosts=4/shards=256/g=64 is
 // the throughput at scale. Compare with `benchstat -col /via`.
 func BenchmarkPolicy(b *testing.B) {
 	const poolMax = 10
@@ -191,14 +192,14 @@ func BenchmarkPolicy(b *testing.B) {
 						return direct[(s-1)/f.perHost].QueryRowContext(ctx, qualified[s], 0).Scan(&got)
 					})
 				})
-				for _, recent := range []bool{false, true} {
+				for _, alone := range []bool{false, true} {
 					via := "hv"
-					if recent {
-						via = "hv-recent"
+					if alone {
+						via = "hv-alone"
 					}
 					b.Run(name+"/via="+via, func(b *testing.B) {
-						alwaysMostRecent.Store(recent)
-						defer alwaysMostRecent.Store(false)
+						perShardWhenAlone.Store(alone)
+						defer perShardWhenAlone.Store(false)
 						// A Connector of its own: no rule inherits another's
 						// connections.
 						c, err := NewConnector(cfg)

@@ -17,11 +17,12 @@ import (
 // how long a statement may wait for one of them.
 //
 // Between statements hv keeps the host's recently used connections itself,
-// each with the schema it is on, for up to affinityIdle: a statement for a
-// shard then takes a connection already on that shard's schema when there
-// is one, which saves the round trip of switching search_path. Connections
-// idle longer go back to the inner pool, whose health checks, idle limits and
-// statistics apply as usual.
+// each with its session (the schema it is on, the statements prepared on
+// it), for up to affinityIdle: a statement then takes the most recently
+// released one, as database/sql would, but one that has its schema's
+// statements prepared over one that would have to prepare them (takeIdle).
+// Connections idle longer go back to the inner pool, whose health checks,
+// idle limits and statistics apply as usual.
 type hostPool struct {
 	name     string
 	peer     *Peer  // name's parts, for tracers
@@ -65,8 +66,8 @@ type idleConn struct {
 	since time.Time
 }
 
-// affinityIdle is how long hv keeps an idle connection for shard affinity
-// before giving it back to the inner pool. It matches pgx's own threshold
+// affinityIdle is how long hv keeps an idle connection itself (takeIdle
+// reads its session) before giving it back to the inner pool. It matches pgx's own threshold
 // for pinging a connection that has been idle.
 const affinityIdle = time.Second
 
@@ -104,12 +105,9 @@ func (h *hostPool) poolMax() int { return h.settings.Load().poolMax }
 // acquire takes a connection of t's host for t's shard, waiting at most the
 // pool block timeout in all for a free one: first for one of the shard's
 // shard_max slots, when a cap is set, then for one of the host's pool_max.
-// It prefers, in order: an idle connection on t's schema; a connection from
-// the inner pool while the host has fewer than pool_max connections open
-// (in time, every shard of a host with no more shards than pool_max gets
-// its own); the least recently used idle connection. The caller must give
-// it back with h.release(conn, slot). Errors are *ShardError, except
-// errPoolRetired.
+// It takes an idle connection as takeIdle chooses, else one from the inner
+// pool. The caller must give it back with h.release(conn, slot). Errors are
+// *ShardError, except errPoolRetired.
 func (h *hostPool) acquire(ctx context.Context, t *placement) (*sql.Conn, *semaphore, error) {
 	set := h.settings.Load()
 	var waited time.Time // when the first wait began
@@ -170,19 +168,15 @@ func (h *hostPool) unlock(slot *semaphore) {
 // nil to take one from the inner pool; retired is set (and no connection
 // returned) when the pool has left the fleet.
 //
-// With no other statement of the host in flight, it takes an idle
-// connection already on schema (most recently released first); else, when
-// the host owns no more shards than pool_max, none while the host has room
-// for another connection: in time every shard gets a connection of its own
-// and statements stop switching schema.
-//
-// Otherwise the statement switches a connection's schema, and the switch
-// rides along with it: it takes the most recently released connection, as
-// database/sql does, unless that one lacks the schema's prepared statements
-// and another has them (most recent first). A switch costs the server a
-// statement of its own (the SET, and on PostgreSQL 15 a pass over every
-// setting when the transaction ends), so avoiding one is worth taking a
-// connection that has been idle a little longer (BenchmarkPolicy).
+// It takes the most recently released connection, the switch riding along
+// with the statement when that one is on another schema, unless it lacks
+// the schema's prepared statements and another has them (most recent
+// first): a preparation costs a round trip, a switch does not. Keeping the
+// host's few recently used connections busy beats keeping a connection per
+// shard, even where pool_max would allow one: a switch costs the server a
+// statement of its own, but waking a backend that has been idle longer
+// costs more (BenchmarkPolicy, README Performance), and a sequential client
+// holds one connection per host, not one per shard.
 func (h *hostPool) takeIdle(schema string) (c *sql.Conn, retired bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -194,7 +188,7 @@ func (h *hostPool) takeIdle(schema string) (c *sql.Conn, retired bool) {
 		return nil, false
 	}
 	pick := n - 1
-	if alone := h.conns.inUse() == 1; alone && !alwaysMostRecent.Load() && !h.idle[pick].sess.on(schema) {
+	if perShardWhenAlone.Load() && h.conns.inUse() == 1 && !h.idle[pick].sess.on(schema) {
 		pick = h.mostRecent(func(ic *idleConn) bool { return ic.sess.on(schema) })
 		// Every permit holder, other than us, holds a connection; so do
 		// the idle ones. Room for one more: let the inner pool give it.
@@ -216,13 +210,13 @@ func (h *hostPool) takeIdle(schema string) (c *sql.Conn, retired bool) {
 	return c, false
 }
 
-// alwaysMostRecent, set by BenchmarkPolicy only, drops the rule for a
-// statement alone on its host (take the connection on schema, or open one
-// per shard): every statement takes the most recently released connection,
-// the switch riding along. It lets one run compare both rules side by
-// side: under load they tie, and the rule spares a sequential client its
-// switches (README, Performance).
-var alwaysMostRecent atomic.Bool
+// perShardWhenAlone, set by BenchmarkPolicy only, adds the rule hv used to
+// follow for a statement alone on its host: a connection already on its
+// schema, else, while the host owns no more shards than pool_max and has
+// room, a new connection, so that every shard ends up with one of its own
+// and a sequential client never switches. It lets one run compare both
+// rules side by side (via=hv-alone).
+var perShardWhenAlone atomic.Bool
 
 // mostRecent returns the index of the most recently released idle
 // connection for which ok holds, or -1. Called with h.mu held. An idle
@@ -286,8 +280,8 @@ func (h *hostPool) timedOut(ctx context.Context, set *poolSettings, sem *semapho
 		Err: errorf(ErrPoolTimeout, "%s busy for %v", limit, set.blockTimeout)}
 }
 
-// release gives a connection taken with acquire back: hv keeps it for
-// shard affinity if it is healthy and not in a transaction, and the inner
+// release gives a connection taken with acquire back: hv keeps it (for
+// takeIdle) if it is healthy and not in a transaction, and the inner
 // pool gets it otherwise (or has already discarded it).
 func (h *hostPool) release(c *sql.Conn, slot *semaphore) {
 	keep, broken := false, false

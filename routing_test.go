@@ -328,12 +328,11 @@ func TestChangesSearchPath(t *testing.T) {
 }
 
 // Which idle connection a statement takes (the last idle one is the most
-// recently released): alone on its host, one on its schema, else a new one
-// while there is room and the host owns no more shards than pool_max; else,
-// and under load, the most recent, unless it lacks the schema's prepared
-// statements and another has them. wantRecent is what the alternative
-// BenchmarkPolicy measures (alwaysMostRecent) takes: always the most recent,
-// with the same preference for prepared statements.
+// recently released): the most recent, unless it lacks the schema's
+// prepared statements and another has them. wantAlone is what the former
+// rule BenchmarkPolicy also measures (perShardWhenAlone) takes: alone on its
+// host, one on its schema, else a new one while there is room and the host
+// owns no more shards than pool_max; else the same as the rule.
 func TestTakeIdle(t *testing.T) {
 	with := func(schema string, prepared ...string) *session {
 		px := &pgxSender{schemas: map[string]*schemaStatements{}}
@@ -349,12 +348,12 @@ func TestTakeIdle(t *testing.T) {
 		return idleConn{conn: &sql.Conn{}, sess: &session{send: stdSender{}, schema: s}}
 	}
 	for _, tc := range []struct {
-		name             string
-		idle             []idleConn
-		inFlight         int // other statements of the host
-		poolMax          int
-		shards           int // the host owns
-		wantRecent, want int // index into idle, -1 for a new connection
+		name            string
+		idle            []idleConn
+		inFlight        int // other statements of the host
+		poolMax         int
+		shards          int // the host owns
+		want, wantAlone int // index into idle, -1 for a new connection
 	}{
 		{"alone: on the schema", []idleConn{on("c"), on("a"), on("b")}, 0, 3, 3, 0, 0},
 		{"alone: on the schema, the most recent has its statements", []idleConn{on("c"), on("a"), on("b", "c")}, 0, 3, 3, 2, 0},
@@ -367,26 +366,26 @@ func TestTakeIdle(t *testing.T) {
 		{"busy: none has them", []idleConn{on("a"), on("b")}, 2, 10, 3, 1, 1},
 		{"lib/pq: the most recent", []idleConn{lib("a"), lib("b")}, 0, 2, 3, 1, 1},
 	} {
-		for _, recent := range []bool{false, true} {
+		for _, alone := range []bool{false, true} {
 			h := &hostPool{idle: append([]idleConn(nil), tc.idle...), conns: newSemaphore(20)}
 			h.settings.Store(&poolSettings{poolMax: tc.poolMax})
 			h.shards.Store(int64(tc.shards))
 			for range tc.inFlight + 1 { // the statement's own permit too
 				h.conns.tryAcquire()
 			}
-			alwaysMostRecent.Store(recent)
+			perShardWhenAlone.Store(alone)
 			got, _ := h.takeIdle("c")
-			alwaysMostRecent.Store(false)
+			perShardWhenAlone.Store(false)
 			wantIdx := tc.want
-			if recent {
-				wantIdx = tc.wantRecent
+			if alone {
+				wantIdx = tc.wantAlone
 			}
 			want := (*sql.Conn)(nil)
 			if wantIdx >= 0 {
 				want = tc.idle[wantIdx].conn
 			}
 			if got != want {
-				t.Errorf("%s (alwaysMostRecent %v): took %v, want index %d", tc.name, recent, got, wantIdx)
+				t.Errorf("%s (perShardWhenAlone %v): took %v, want index %d", tc.name, alone, got, wantIdx)
 			}
 		}
 	}

@@ -484,24 +484,19 @@ func totalSwitches(c *Connector) int64 {
 	return n
 }
 
-// With no more shards per host than pool_max, each shard keeps a connection
-// on its schema: once every shard has run, statements switch no more. With
-// one connection per host, every change of shard is a switch. Either way
-// each statement runs where it must.
+// A sequential client keeps one connection per host busy, whatever
+// pool_max allows: a statement switches exactly when its shard is not the
+// one its host's previous statement ran on, and each runs where it must.
 func TestShardAffinity(t *testing.T) {
-	for _, tc := range []struct {
-		global       string
-		wantSwitches func(rounds int) int64
-	}{
-		{"pool_max=8", func(int) int64 { return 0 }},
-		{"pool_max=1", func(rounds int) int64 { return int64(rounds * 16) }},
-	} {
-		t.Run(tc.global, func(t *testing.T) {
-			f := newTestFleet(t, fleetOptions{global: tc.global})
+	for _, global := range []string{"pool_max=8", "pool_max=1"} {
+		t.Run(global, func(t *testing.T) {
+			f := newTestFleet(t, fleetOptions{global: global})
 			db := f.open(t)
 			c := connectorOf(t, db)
 			ctx := context.Background()
 			r := rand.New(rand.NewPCG(7, 7))
+			last := map[int]int{} // host index -> its previous statement's shard
+			var wantSwitches int64
 			visit := func() { // every shard once, in a different order each time
 				for _, shard := range r.Perm(16) {
 					shard++
@@ -512,16 +507,26 @@ func TestShardAffinity(t *testing.T) {
 					if want := f.expect(t, shard); got != want {
 						t.Fatalf("shard %d ran at %+v, want %+v", shard, got, want)
 					}
+					host := (shard - 1) / f.perHost
+					if last[host] != shard {
+						wantSwitches++
+					}
+					last[host] = shard
 				}
 			}
-			visit() // every shard's first statement switches
+			visit() // every shard's first statement prepares on the connection
 			before := totalSwitches(c)
-			const rounds = 3
-			for range rounds {
+			wantSwitches = 0
+			for range 3 {
 				visit()
 			}
-			if got, want := totalSwitches(c)-before, tc.wantSwitches(rounds); got != want {
-				t.Errorf("%d schema switches in %d rounds over 16 shards, want %d", got, rounds, want)
+			if got := totalSwitches(c) - before; got != wantSwitches {
+				t.Errorf("%d schema switches in 3 rounds over 16 shards, want %d", got, wantSwitches)
+			}
+			for _, h := range c.Stats() {
+				if h.DB.OpenConnections != 1 {
+					t.Errorf("host %s has %d connections open, want 1", h.Host, h.DB.OpenConnections)
+				}
 			}
 			// Kept connections count as idle, and go back to the inner
 			// pool after a second.
