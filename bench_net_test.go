@@ -177,10 +177,9 @@ func BenchmarkPolicy(b *testing.B) {
 				b.Fatal(err)
 			}
 			ctx := context.Background()
-			qualified := make([]string, shards+1)
+			qualified := qualifiedSelects(shards)
 			routed := make([]context.Context, shards+1)
 			for s := 1; s <= shards; s++ {
-				qualified[s] = fmt.Sprintf("SELECT shard FROM shard%04d.t WHERE id = $1", s)
 				routed[s] = WithShard(ctx, s)
 			}
 			for _, g := range []int{1, 8, 64} {
@@ -265,29 +264,14 @@ func BenchmarkTxMode(b *testing.B) {
 		})
 		db.Close()
 	}
-	qualified := make([]string, 17)
-	for s := 1; s <= 16; s++ {
-		qualified[s] = fmt.Sprintf("SELECT shard FROM shard%04d.t WHERE id = $1", s)
-	}
+	qualified := qualifiedSelects(16)
 	for _, mode := range []struct{ via, execMode string }{{"session", "cache_statement"}, {"transaction", "exec"}} {
-		var direct [2]*sql.DB
-		for i := range direct {
-			d, err := sql.Open("pgx", f.hosts[i]+" default_query_exec_mode="+mode.execMode)
-			if err != nil {
-				b.Fatal(err)
-			}
-			d.SetMaxOpenConns(10)
-			d.SetMaxIdleConns(10)
-			direct[i] = d
-		}
+		direct := f.directDBs(b, 10, "default_query_exec_mode="+mode.execMode)
 		b.Run("direct/shards=16/g=1/via="+mode.via, func(b *testing.B) {
 			runPoint(b, pointLoad{goroutines: 1, shards: 16, hosts: 2, poolMax: 10}, nil, func(s int) error {
 				var got int
 				return direct[(s-1)/8].QueryRowContext(ctx, qualified[s], 0).Scan(&got)
 			})
 		})
-		for _, d := range direct {
-			d.Close()
-		}
 	}
 }

@@ -69,10 +69,9 @@ func BenchmarkRandomShard(b *testing.B) {
 			direct := f.directDBs(b, 10)
 			_, connector, hv := f.connect(b)
 			hv.SetMaxIdleConns(20)
-			qualified := make([]string, tc.shards+1)
+			qualified := qualifiedSelects(tc.shards)
 			routed := make([]context.Context, tc.shards+1)
 			for s := 1; s <= tc.shards; s++ {
-				qualified[s] = fmt.Sprintf("SELECT shard FROM shard%04d.t WHERE id = $1", s)
 				routed[s] = WithShard(ctx, s)
 			}
 			load := pointLoad{goroutines: tc.goroutines, shards: tc.shards, hosts: 2, poolMax: 10}
@@ -95,11 +94,12 @@ func BenchmarkRandomShard(b *testing.B) {
 }
 
 // directDBs opens the fleet's two databases directly through pgx, with
-// poolMax connections each, closed when b ends.
-func (f *testFleet) directDBs(b *testing.B, poolMax int) [2]*sql.DB {
+// poolMax connections each and the connection keywords extra (if any)
+// added, closed when b ends.
+func (f *testFleet) directDBs(b *testing.B, poolMax int, extra ...string) [2]*sql.DB {
 	var direct [2]*sql.DB
 	for i := range direct {
-		d, err := sql.Open("pgx", f.hosts[i])
+		d, err := sql.Open("pgx", strings.Join(append([]string{f.hosts[i]}, extra...), " "))
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -109,6 +109,16 @@ func (f *testFleet) directDBs(b *testing.B, poolMax int) [2]*sql.DB {
 		direct[i] = d
 	}
 	return direct
+}
+
+// qualifiedSelects returns direct's point SELECT for shards 1..shards, on
+// each shard's schema-qualified table, indexed by shard.
+func qualifiedSelects(shards int) []string {
+	q := make([]string, shards+1)
+	for s := 1; s <= shards; s++ {
+		q[s] = fmt.Sprintf("SELECT shard FROM shard%04d.t WHERE id = $1", s)
+	}
+	return q
 }
 
 // switches returns the search_path switches c sent so far (0 for nil).

@@ -67,8 +67,8 @@ type idleConn struct {
 }
 
 // affinityIdle is how long hv keeps an idle connection itself (takeIdle
-// reads its session) before giving it back to the inner pool. It matches pgx's own threshold
-// for pinging a connection that has been idle.
+// reads its session) before giving it back to the inner pool. It matches
+// pgx's own threshold for pinging a connection that has been idle.
 const affinityIdle = time.Second
 
 // errPoolRetired is what acquire returns on a pool that left the fleet
@@ -174,9 +174,9 @@ func (h *hostPool) unlock(slot *semaphore) {
 // first): a preparation costs a round trip, a switch does not. Keeping the
 // host's few recently used connections busy beats keeping a connection per
 // shard, even where pool_max would allow one: a switch costs the server a
-// statement of its own, but waking a backend that has been idle longer
-// costs more (BenchmarkPolicy, README Performance), and a sequential client
-// holds one connection per host, not one per shard.
+// statement of its own, but spreading statements over a backend per shard
+// measured dearer (BenchmarkPolicy, README Performance), and a sequential
+// client holds one connection per host, not one per shard.
 func (h *hostPool) takeIdle(schema string) (c *sql.Conn, retired bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
